@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Create the training virtual environment: pinned requirements, then the model-export package.
+#
+#   install-train.sh [--dry-run] VENV REQUIREMENTS MODEL_EXPORT_DIR
+#
+# If MODEL_EXPORT_DIR has a pyproject.toml or setup.py it is pip-installed (its dependencies
+# constrained by REQUIREMENTS); otherwise its maskexport/ package is copied into the venv's
+# site-packages. Used by docker/Dockerfile.train and by tests/deploy (outside Docker).
+set -euo pipefail
+
+DRY_RUN=0
+PYTHON="${PYTHON:-python3}"
+
+usage() {
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+run() {
+  if [[ "${DRY_RUN}" -eq 1 ]]; then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "install-train.sh: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+if [[ $# -ne 3 ]]; then
+  usage >&2
+  exit 2
+fi
+VENV="$1"
+REQUIREMENTS="$2"
+MODEL_EXPORT="$3"
+
+if [[ ! -d "${MODEL_EXPORT}/maskexport" ]]; then
+  echo "install-train.sh: ${MODEL_EXPORT}/maskexport is not a directory" >&2
+  exit 1
+fi
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+run "${PYTHON}" -m venv "${VENV}"
+run "${VENV}/bin/pip" install --no-cache-dir -r "${REQUIREMENTS}"
+if [[ -f "${MODEL_EXPORT}/pyproject.toml" || -f "${MODEL_EXPORT}/setup.py" ]]; then
+  run "${VENV}/bin/pip" install --no-cache-dir -c "${REQUIREMENTS}" "${MODEL_EXPORT}"
+else
+  if [[ "${DRY_RUN}" -eq 1 ]]; then
+    SITE="${VENV}/lib/pythonX.Y/site-packages"
+  else
+    SITE="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  fi
+  run cp -r "${MODEL_EXPORT}/maskexport" "${SITE}/maskexport"
+fi
+# Fail the build now, not at training time, if the package does not import.
+run "${VENV}/bin/python" -c "import maskexport"
