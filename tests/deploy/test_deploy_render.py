@@ -1,0 +1,153 @@
+"""Every manifest renders from k8s/values.yaml and parses; values live in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import render_manifests as rm
+import yaml
+
+EXPECTED_KINDS = {
+    "operator": ["Namespace", "TrainingJob", "HostingDeployment", "BatchTransformJob"],
+    "ack": ["Namespace", "TrainingJob", "Model", "EndpointConfig", "Endpoint", "TransformJob"],
+    "plain": [
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ],
+}
+
+
+def test_flavor_renders_and_parses(flavor: str) -> None:
+    rendered = rm.render(flavor)
+    kinds = [doc["kind"] for item in rendered for doc in item.documents]
+    assert kinds == EXPECTED_KINDS[flavor]
+    for item in rendered:
+        assert "${" not in item.text, item.name
+        assert list(yaml.safe_load_all(item.text)) == item.documents
+
+
+@pytest.mark.parametrize(
+    ("flavor", "components", "kinds"),
+    [
+        ("operator", ["train"], ["Namespace", "TrainingJob"]),
+        ("operator", ["serve"], ["Namespace", "HostingDeployment"]),
+        ("ack", ["serve"], ["Namespace", "Model", "EndpointConfig", "Endpoint"]),
+        ("ack", ["batch"], ["Namespace", "Model", "TransformJob"]),
+        ("plain", ["train"], ["Namespace"]),
+    ],
+)
+def test_component_selection(flavor: str, components: list[str], kinds: list[str]) -> None:
+    assert [d["kind"] for i in rm.render(flavor, components) for d in i.documents] == kinds
+
+
+def test_one_edit_changes_region_everywhere() -> None:
+    default = rm.load_values()
+    values = rm.load_values(overrides=["region=eu-central-1"])
+    for flavor in rm.FLAVORS:
+        text = "".join(item.text for item in rm.render(flavor, values=values))
+        assert default["region"] not in text, flavor
+        assert "eu-central-1" in text
+    operator = [d for i in rm.render("operator", values=values) for d in i.documents]
+    assert {d["spec"]["region"] for d in operator if "region" in d.get("spec", {})} == {
+        "eu-central-1"
+    }
+    hd = next(d for d in operator if d["kind"] == "HostingDeployment")
+    image = hd["spec"]["models"][0]["containers"][0]["image"]
+    assert image.startswith(f"{default['aws_account_id']}.dkr.ecr.eu-central-1.")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("aws_account_id", "444455556666"),
+        ("bucket", "another-bucket-name"),
+        ("image_tag", "9.9.9"),
+        ("sagemaker_role_arn", "arn:aws:iam::444455556666:role/other"),
+    ],
+)
+def test_one_edit_reaches_every_use(key: str, value: str) -> None:
+    default = rm.load_values()
+    values = rm.load_values(overrides=[f"{key}={value}"])
+    for flavor in rm.FLAVORS:
+        before = "".join(i.text for i in rm.render(flavor, values=default))
+        after = "".join(i.text for i in rm.render(flavor, values=values))
+        if default[key] in before:
+            assert default[key] not in after, f"{flavor}: {key} still hard-coded somewhere"
+
+
+def test_templates_hard_code_no_environment_values() -> None:
+    for path in sorted(rm.TEMPLATES_DIR.rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\b\d{12}\b", text), f"{path.name}: account id"
+        assert not re.search(r"\b[a-z]{2}-(east|west|north|south|central)\w*-\d\b", text), path.name
+        assert not re.search(r"s3://[a-z0-9]", text), f"{path.name}: literal bucket"
+        assert not re.search(r"arn:aws", text), f"{path.name}: literal ARN"
+        assert not re.search(r"\bml\.[a-z0-9]+\.[a-z0-9]+\b", text), f"{path.name}: instance type"
+
+
+def test_values_file_override_and_typos(tmp_path: Path) -> None:
+    extra = tmp_path / "prod.yaml"
+    extra.write_text("region: ap-southeast-2\nhosting_instance_count: 2\n", "utf-8")
+    values = rm.load_values([extra])
+    assert values["region"] == "ap-southeast-2"
+    assert values["hosting_instance_count"] == "2"
+    ack = [d for i in rm.render("ack", ["serve"], values) for d in i.documents]
+    cfg = next(d for d in ack if d["kind"] == "EndpointConfig")
+    assert cfg["spec"]["productionVariants"][0]["initialInstanceCount"] == 2
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("regoin: eu-west-1\n", "utf-8")
+    with pytest.raises(rm.RenderError, match="unknown value"):
+        rm.load_values([typo])
+    with pytest.raises(rm.RenderError, match="unknown value"):
+        rm.load_values(overrides=["bukcet=x"])
+    with pytest.raises(rm.RenderError, match="KEY=VALUE"):
+        rm.load_values(overrides=["region"])
+
+
+def test_reference_errors() -> None:
+    with pytest.raises(rm.RenderError, match="circular"):
+        rm.resolve({"a": "${b}", "b": "${a}"})
+    with pytest.raises(rm.RenderError, match="unknown value 'c'"):
+        rm.resolve({"a": "${c}"})
+    assert rm.resolve({"a": "x", "b": "${a}-$${a}"}) == {"a": "x", "b": "x-$${a}"}
+
+
+def test_unknown_placeholder_in_template_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "common").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "common" / "00-ns.yaml").write_text(
+        "# component: common\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n", "utf-8"
+    )
+    (tmp_path / "plain" / "10-cm.yaml").write_text(
+        "# component: serve\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: ${nope}}\n", "utf-8"
+    )
+    monkeypatch.setattr(rm, "TEMPLATES_DIR", tmp_path)
+    with pytest.raises(rm.RenderError, match="nope"):
+        rm.render("plain")
+
+
+def test_cli_out_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert rm.main(["--flavor", "ack", "--component", "serve", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "20-model.yaml",
+        "30-endpointconfig.yaml",
+        "40-endpoint.yaml",
+        "common-00-namespace.yaml",
+    ]
+    capsys.readouterr()
+    assert rm.main(["--get", "serving_image_cpu", "--set", "image_tag=1.2.3"]) == 0
+    assert capsys.readouterr().out.strip().endswith("/maskserve:1.2.3-cpu")
+    assert rm.main(["--flavor", "plain"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == EXPECTED_KINDS["plain"]
+    assert rm.main(["--flavor", "plain", "--set", "nope=1"]) == 1
