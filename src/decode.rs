@@ -1,0 +1,183 @@
+//! Image decoding: JPEG, PNG (grayscale, RGBA, 16-bit), GIF, BMP, TIFF, WebP; EXIF orientation
+//! applied; the pixel limit checked on the header before the pixels are decoded.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader};
+
+use crate::types::PredictError;
+
+/// An RGB image, interleaved HWC, after orientation.
+#[derive(Debug, Clone)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PredictError> {
+    if bytes.is_empty() {
+        return Err(PredictError::BadImage("empty body".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PredictError::BadImage(e.to_string()))?;
+    // Our pixel limit replaces image's allocation limit, so that an oversized image gets the
+    // TooManyPixels answer rather than a generic decoding error.
+    reader.no_limits();
+    if reader.format().is_none() {
+        return Err(PredictError::UnsupportedFormat(
+            "not a JPEG, PNG, GIF, BMP, TIFF or WebP image".into(),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(map_err)?;
+    // Header only so far: refuse before allocating the pixels.
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(PredictError::TooManyPixels {
+            width: w,
+            height: h,
+            limit: max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(PredictError::BadImage(format!(
+            "image has no pixels ({w}x{h})"
+        )));
+    }
+    // A broken EXIF block should not reject an otherwise fine image.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
+    img.apply_orientation(orientation);
+    // to_rgb8 drops alpha, replicates gray and scales 16-bit/float samples to 8 bits.
+    let rgb = img.to_rgb8();
+    Ok(RgbImage {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    })
+}
+
+fn map_err(e: image::ImageError) -> PredictError {
+    match e {
+        image::ImageError::Unsupported(u) => PredictError::UnsupportedFormat(u.to_string()),
+        other => PredictError::BadImage(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, Rgba};
+
+    fn encode(img: DynamicImage, fmt: ImageFormat) -> Vec<u8> {
+        let mut v = Vec::new();
+        img.write_to(&mut Cursor::new(&mut v), fmt).unwrap();
+        v
+    }
+
+    #[test]
+    fn gray_rgba_and_16bit_png() {
+        let g = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(3, 2, Luma([77u8])));
+        let d = decode(&encode(g, ImageFormat::Png), 1 << 20).unwrap();
+        assert_eq!((d.width, d.height), (3, 2));
+        assert_eq!(&d.data[..3], &[77, 77, 77]);
+
+        let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(2, 2, Rgba([10u8, 20, 30, 0])));
+        let d = decode(&encode(rgba, ImageFormat::Png), 1 << 20).unwrap();
+        assert_eq!(&d.data[..3], &[10, 20, 30]);
+
+        let g16 = DynamicImage::ImageLuma16(ImageBuffer::from_pixel(2, 2, Luma([65535u16])));
+        let d = decode(&encode(g16, ImageFormat::Png), 1 << 20).unwrap();
+        assert_eq!(&d.data[..3], &[255, 255, 255]);
+    }
+
+    #[test]
+    fn too_many_pixels_refused() {
+        let g = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(100, 50, Luma([0u8])));
+        match decode(&encode(g, ImageFormat::Png), 4999) {
+            Err(PredictError::TooManyPixels {
+                width: 100,
+                height: 50,
+                limit: 4999,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn header_claiming_huge_size_is_refused_without_decoding() {
+        // A PNG header declaring 100000 x 100000 and no pixel data.
+        let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let crc = crc32(&ihdr);
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc.to_be_bytes());
+        // An empty IDAT so the decoder gets past the header.
+        png.extend_from_slice(&[0, 0, 0, 0]);
+        png.extend_from_slice(b"IDAT");
+        png.extend_from_slice(&crc32(b"IDAT").to_be_bytes());
+        let r = decode(&png, 40_000_000);
+        assert!(
+            matches!(r, Err(PredictError::TooManyPixels { .. })),
+            "{r:?}"
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(matches!(
+            decode(b"hello world", 100),
+            Err(PredictError::UnsupportedFormat(_))
+        ));
+        assert!(decode(&[], 100).is_err());
+        // Truncated PNG
+        let g = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(30, 30, Luma([9u8])));
+        let v = encode(g, ImageFormat::Png);
+        assert!(decode(&v[..v.len() / 2], 1 << 20).is_err());
+    }
+
+    #[test]
+    fn jpeg_exif_orientation_rotates() {
+        // 4x2 JPEG with EXIF orientation 6 (rotate 90° clockwise) → 2x4.
+        let img =
+            DynamicImage::ImageRgb8(ImageBuffer::from_pixel(4, 2, image::Rgb([200u8, 100, 50])));
+        let jpeg = encode(img, ImageFormat::Jpeg);
+        // Insert an APP1 Exif segment after SOI.
+        let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+        tiff.extend_from_slice(&[0, 1]); // one IFD entry
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0]); // Orientation = 6
+        tiff.extend_from_slice(&[0, 0, 0, 0]);
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xff, 0xe1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        let d = decode(&out, 1 << 20).unwrap();
+        assert_eq!((d.width, d.height), (2, 4));
+    }
+}
