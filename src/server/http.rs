@@ -1,0 +1,458 @@
+//! Routes, handlers and the request middleware (request id, metrics, logs, JSON errors).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::error::{json_error, ApiError};
+use super::formats;
+use super::metrics::{self, Metrics};
+use super::queue::{InferenceQueue, JobError};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const INBOUND_ID_HEADERS: &[&str] = &[
+    "x-request-id",
+    "x-amzn-requestid",
+    "x-amzn-sagemaker-inference-id",
+];
+pub const CUSTOM_ATTRIBUTES_HEADER: &str = "x-amzn-sagemaker-custom-attributes";
+/// Bytes read and thrown away past the body limit so the client gets a clean 413 instead of
+/// a reset connection; beyond this the response is sent without reading the rest.
+const DRAIN_CAP: usize = 16 << 20;
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_LOADING: u32 = 5;
+const RETRY_AFTER_OVERLOADED: u32 = 1;
+
+/// `GET /execution-parameters` for batch transform.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExecutionParameters {
+    #[serde(rename = "MaxConcurrentTransforms")]
+    pub max_concurrent_transforms: u32,
+    #[serde(rename = "BatchStrategy")]
+    pub batch_strategy: String,
+    #[serde(rename = "MaxPayloadInMB")]
+    pub max_payload_in_mb: u32,
+}
+
+/// Serving settings resolved from flags and SAGEMAKER_* variables.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub payload_limit: usize,
+    pub timeout: Duration,
+    pub max_instances: usize,
+    pub default_accept: String,
+    pub execution_parameters: ExecutionParameters,
+}
+
+/// The loaded model, ready to serve.
+pub struct Engine {
+    pub queue: InferenceQueue,
+    pub execution_provider: String,
+}
+
+pub struct AppState {
+    pub settings: HttpSettings,
+    pub metrics: Arc<Metrics>,
+    /// Unset while loading; `Err` holds the load error, reported by `/ping` and
+    /// `/invocations` (503) so a broken model never looks healthy.
+    pub model: OnceLock<Result<Engine, String>>,
+}
+
+impl AppState {
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        match self.model.get() {
+            None => Err(ApiError::unavailable(
+                "model is loading; retry later",
+                RETRY_AFTER_LOADING,
+            )),
+            Some(Err(e)) => Err(ApiError::unavailable(
+                format!("model failed to load: {e}"),
+                RETRY_AFTER_LOADING,
+            )),
+            Some(Ok(engine)) => Ok(engine),
+        }
+    }
+}
+
+/// The request id, for handlers that log.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// Registers the routes of the main port.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/ping")
+            .route(web::get().to(ping))
+            .route(web::head().to(ping))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/invocations")
+            .route(web::post().to(invocations))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/execution-parameters")
+            .route(web::get().to(execution_parameters))
+            .default_service(web::to(method_not_allowed)),
+    );
+    metrics_routes(cfg);
+}
+
+/// `/metrics` alone, also used for the optional second port.
+pub fn metrics_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics_page))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+pub async fn not_found() -> HttpResponse {
+    json_error(StatusCode::NOT_FOUND, "Not Found", None)
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", None)
+}
+
+/// Health: 200 with an empty body when the model is ready, 503 + JSON otherwise. It only
+/// reads a `OnceLock`, so it answers at once however busy the inference threads are.
+async fn ping(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.engine()?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+async fn execution_parameters(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.settings.execution_parameters)
+}
+
+async fn metrics_page(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(metrics::CONTENT_TYPE)
+        .body(state.metrics.render())
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the body up to `limit` bytes. Past the limit it keeps reading (and dropping) up to
+/// [`DRAIN_CAP`] more, so that an ordinary client that writes its whole body before reading
+/// sees the 413 rather than a connection reset.
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    content_length: Option<usize>,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = |n: usize| {
+        ApiError::payload_too_large(format!(
+            "request body of {n} bytes exceeds the limit of {limit} bytes"
+        ))
+    };
+    if let Some(n) = content_length {
+        if n > limit.saturating_add(DRAIN_CAP) {
+            return Err(too_large(n));
+        }
+    }
+    let mut buf = Vec::with_capacity(content_length.unwrap_or(0).min(limit));
+    let mut total = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            if total > limit.saturating_add(DRAIN_CAP) {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if total > limit {
+        return Err(too_large(total));
+    }
+    Ok(buf)
+}
+
+async fn invocations(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let start = Instant::now();
+    let settings = &state.settings;
+    let deadline = start + settings.timeout;
+    let engine = state.engine()?;
+    let headers = req.headers();
+    let format = formats::negotiate(
+        header_str(headers, header::ACCEPT),
+        &settings.default_accept,
+    )?;
+    let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
+    if content_type.is_some() {
+        // Refuse an unsupported type before reading a possibly large body.
+        formats::request_kind(content_type.as_deref(), b"")?;
+    }
+    let header_options = header_str(headers, CUSTOM_ATTRIBUTES_HEADER)
+        .map(formats::parse_custom_attributes)
+        .unwrap_or_default();
+    let content_length = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+
+    let body = read_body(payload, settings.payload_limit, content_length).await?;
+    let kind = formats::request_kind(content_type.as_deref(), &body)?;
+    let t_parse = Instant::now();
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&["read_body"])
+        .observe((t_parse - start).as_secs_f64());
+
+    // JSON and base64 of a 6 MiB body take milliseconds of CPU: keep them off the executor.
+    let max_instances = settings.max_instances;
+    let mut parsed = web::block(move || formats::parse_request(kind, &body, max_instances))
+        .await
+        .map_err(|_| ApiError::internal("request parser failed"))??;
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&["parse"])
+        .observe(t_parse.elapsed().as_secs_f64());
+
+    let items: Vec<_> = (0..parsed.instances.len())
+        .map(|i| {
+            let opts = parsed.options_for(i, &header_options);
+            (std::mem::take(&mut parsed.instances[i].image), opts)
+        })
+        .collect();
+    let n = items.len();
+    let rx = engine.queue.submit(items, deadline).map_err(|_| {
+        state
+            .metrics
+            .discarded
+            .with_label_values(&["overloaded"])
+            .inc();
+        ApiError::unavailable(
+            "server overloaded: the inference queue is full; retry later",
+            RETRY_AFTER_OVERLOADED,
+        )
+    })?;
+    let timeout_msg = || {
+        ApiError::gateway_timeout(format!(
+            "inference did not finish within the server timeout of {} s",
+            settings.timeout.as_secs_f64()
+        ))
+    };
+    let outcome = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await
+    {
+        // Dropping `rx` here tells the worker to discard the job.
+        Err(_) => {
+            state
+                .metrics
+                .discarded
+                .with_label_values(&["deadline"])
+                .inc();
+            return Err(timeout_msg());
+        }
+        Ok(Err(_)) => return Err(ApiError::internal("the inference worker stopped")),
+        Ok(Ok(outcome)) => outcome,
+    };
+    let results = match outcome {
+        Ok(r) => r,
+        Err(JobError::DeadlineExceeded) => return Err(timeout_msg()),
+        Err(JobError::Predict { index, error }) => {
+            let prefix = if n > 1 {
+                format!("instance {index}: ")
+            } else {
+                String::new()
+            };
+            let err = ApiError::from_predict(&error, &prefix);
+            if err.status.is_server_error() {
+                tracing::error!(error = %error, "inference failed");
+            }
+            return Err(err);
+        }
+    };
+    let t_encode = Instant::now();
+    let body = formats::encode_response(&parsed, &results, &format)?;
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&["encode"])
+        .observe(t_encode.elapsed().as_secs_f64());
+    Ok(HttpResponse::Ok()
+        .content_type(format.content_type)
+        .body(body))
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    // Accept a caller's id only if it is a sane token, since it is echoed and logged.
+    for name in INBOUND_ID_HEADERS {
+        if let Some(v) = header_str(headers, *name) {
+            let v = v.trim();
+            if !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()) {
+                return v.to_string();
+            }
+        }
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/ping" => "/ping",
+        "/invocations" => "/invocations",
+        "/execution-parameters" => "/execution-parameters",
+        "/metrics" => "/metrics",
+        // One label for everything else keeps the label set bounded.
+        _ => "other",
+    }
+}
+
+fn content_type_label(headers: &HeaderMap) -> &'static str {
+    let Some(v) = header_str(headers, header::CONTENT_TYPE) else {
+        return "none";
+    };
+    match formats::media_type_essence(v).as_str() {
+        "image/jpeg" => "image/jpeg",
+        "image/png" => "image/png",
+        "application/x-image" => "application/x-image",
+        "application/octet-stream" => "application/octet-stream",
+        "application/json" => "application/json",
+        "application/jsonlines" => "application/jsonlines",
+        "application/x-jsonlines" => "application/x-jsonlines",
+        "" => "none",
+        _ => "other",
+    }
+}
+
+fn is_json(res: &HttpResponse<BoxBody>) -> bool {
+    header_str(res.headers(), header::CONTENT_TYPE)
+        .map(|v| formats::media_type_essence(v) == formats::JSON)
+        .unwrap_or(false)
+}
+
+/// Middleware around every request: request id (taken or generated, echoed in
+/// `X-Request-Id`), a tracing span, request metrics, one log line, and JSON bodies for the
+/// errors actix produces itself (unknown routes, payload errors, panics in extractors).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let id = request_id(req.headers());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = route_label(req.path());
+    let content_type = content_type_label(req.headers());
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let http_req = req.request().clone();
+    let start = Instant::now();
+    let invocation = route == "/invocations";
+    if invocation {
+        if let Some(s) = &state {
+            s.metrics.inflight.inc();
+        }
+    }
+    let span = tracing::info_span!("request", request_id = %id);
+    let result = next.call(req).instrument(span.clone()).await;
+    if invocation {
+        if let Some(s) = &state {
+            s.metrics.inflight.dec();
+        }
+    }
+    let mut res = match result {
+        Ok(res) => res.map_into_boxed_body(),
+        Err(e) => ServiceResponse::new(http_req, e.error_response()),
+    };
+    let status = res.status();
+    if (status.is_client_error() || status.is_server_error()) && !is_json(res.response()) {
+        let message = res
+            .response()
+            .error()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        let (request, old) = res.into_parts();
+        let mut new = json_error(status, &message, None);
+        for name in [header::ALLOW, header::RETRY_AFTER] {
+            if let Some(v) = old.headers().get(&name) {
+                new.headers_mut().insert(name.clone(), v.clone());
+            }
+        }
+        res = ServiceResponse::new(request, new);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    let elapsed = start.elapsed();
+    if let Some(s) = &state {
+        s.metrics
+            .requests
+            .with_label_values(&[route, status.as_str(), content_type])
+            .inc();
+        s.metrics
+            .request_seconds
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+    let _enter = span.enter();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if route == "/ping" || route == "/metrics" {
+        // SageMaker pings every few seconds and scrapers poll: keep them out of info logs.
+        tracing::debug!(%method, %path, status = status.as_u16(), latency_ms, "request");
+    } else if status.is_server_error() {
+        tracing::warn!(%method, %path, status = status.as_u16(), latency_ms, "request");
+    } else {
+        tracing::info!(%method, %path, status = status.as_u16(), latency_ms, "request");
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 36);
+        h.insert(
+            HeaderName::from_static("x-amzn-requestid"),
+            HeaderValue::from_static("abc-123"),
+        );
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("has space"),
+        );
+        assert_eq!(request_id(&h), "abc-123");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(route_label("/ping"), "/ping");
+        assert_eq!(route_label("/etc/passwd"), "other");
+        let mut h = HeaderMap::new();
+        assert_eq!(content_type_label(&h), "none");
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("image/PNG; q=1"),
+        );
+        assert_eq!(content_type_label(&h), "image/png");
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/x-whatever"),
+        );
+        assert_eq!(content_type_label(&h), "other");
+    }
+}

@@ -1,0 +1,187 @@
+//! Prometheus metrics, exposed in the text format on `GET /metrics`.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::types::ImageResult;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const DETECTION_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, status and request content type.
+    pub requests: IntCounterVec,
+    /// Total request latency by route.
+    pub request_seconds: HistogramVec,
+    /// Per-stage latency: pipeline stages plus `queue_wait`, `read_body`, `parse`, `encode`.
+    pub stage_seconds: HistogramVec,
+    pub inflight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub model_load_seconds: Gauge,
+    pub model_ready: IntGauge,
+    pub detections: Histogram,
+    /// Constant 1, labelled with the execution provider in use.
+    pub execution_provider: GaugeVec,
+    /// Jobs dropped without an answer: `overloaded`, `deadline`, `client_gone`.
+    pub discarded: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only fails for invalid metric names/labels or duplicate registration, both fixed at
+    // compile time here: a programming error, caught by the unit test below.
+    r.expect("metric definition")
+}
+
+impl Metrics {
+    pub fn new(namespace: &str) -> Self {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, status and content type",
+            )
+            .namespace(namespace),
+            &["route", "status", "content_type"],
+        ));
+        let request_seconds = must(HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .namespace(namespace)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let stage_seconds = must(HistogramVec::new(
+            HistogramOpts::new("stage_duration_seconds", "Latency of each inference stage")
+                .namespace(namespace)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["stage"],
+        ));
+        let inflight = must(IntGauge::with_opts(
+            Opts::new("inflight_requests", "Invocations being served").namespace(namespace),
+        ));
+        let queue_depth = must(IntGauge::with_opts(
+            Opts::new("queue_depth", "Inference jobs waiting for a worker").namespace(namespace),
+        ));
+        let model_load_seconds = must(Gauge::with_opts(
+            Opts::new("model_load_seconds", "Time taken to load the model").namespace(namespace),
+        ));
+        let model_ready = must(IntGauge::with_opts(
+            Opts::new("model_ready", "1 when the model is loaded and serving").namespace(namespace),
+        ));
+        let detections = must(Histogram::with_opts(
+            HistogramOpts::new("detections_per_image", "Detections returned per image")
+                .namespace(namespace)
+                .buckets(DETECTION_BUCKETS.to_vec()),
+        ));
+        let execution_provider = must(GaugeVec::new(
+            Opts::new(
+                "execution_provider_info",
+                "The ONNX Runtime execution provider in use",
+            )
+            .namespace(namespace),
+            &["provider"],
+        ));
+        let discarded = must(IntCounterVec::new(
+            Opts::new(
+                "jobs_discarded_total",
+                "Inference jobs dropped without a result",
+            )
+            .namespace(namespace),
+            &["reason"],
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(stage_seconds.clone()),
+            Box::new(inflight.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(model_load_seconds.clone()),
+            Box::new(model_ready.clone()),
+            Box::new(detections.clone()),
+            Box::new(execution_provider.clone()),
+            Box::new(discarded.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            stage_seconds,
+            inflight,
+            queue_depth,
+            model_load_seconds,
+            model_ready,
+            detections,
+            execution_provider,
+            discarded,
+        }
+    }
+
+    /// Records the per-stage timings and detection count of one image.
+    pub fn observe_result(&self, r: &ImageResult) {
+        let t = &r.timings;
+        for (stage, ms) in [
+            ("decode", t.decode),
+            ("preprocess", t.preprocess),
+            ("backbone_rpn", t.backbone_rpn),
+            ("proposals", t.proposals),
+            ("box_head", t.box_head),
+            ("detections", t.detections),
+            ("mask_head", t.mask_head),
+            ("paste_encode", t.paste_encode),
+        ] {
+            self.stage_seconds
+                .with_label_values(&[stage])
+                .observe(ms / 1000.0);
+        }
+        self.detections.observe(r.detections.len() as f64);
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which cannot occur for
+        // families gathered from our own registry; an empty page is the safe fallback.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_text_format() {
+        let m = Metrics::new("maskserve");
+        m.requests
+            .with_label_values(&["/invocations", "200", "image/png"])
+            .inc();
+        m.execution_provider.with_label_values(&["cpu"]).set(1.0);
+        m.observe_result(&ImageResult {
+            width: 1,
+            height: 1,
+            detections: vec![],
+            timings: Default::default(),
+        });
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            "maskserve_http_requests_total{content_type=\"image/png\",route=\"/invocations\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("maskserve_execution_provider_info{provider=\"cpu\"} 1"));
+        assert!(text.contains("maskserve_stage_duration_seconds_bucket{stage=\"decode\""));
+        assert!(text.contains("# TYPE maskserve_detections_per_image histogram"));
+    }
+}
