@@ -47,11 +47,13 @@ pub fn grid_anchors(
 }
 
 type Key = ((usize, usize), Vec<(usize, usize)>);
+/// Anchors of every level, (y, x, a) order.
+pub type LevelAnchors = Arc<Vec<Vec<[f32; 4]>>>;
 
 /// Anchors cached per (padded size, feature-map sizes): images of one size share them.
 pub struct AnchorGenerator {
     cells: Vec<Vec<[f32; 4]>>,
-    cache: Mutex<HashMap<Key, Arc<Vec<Vec<[f32; 4]>>>>>,
+    cache: Mutex<HashMap<Key, LevelAnchors>>,
 }
 
 /// Bounds the cache; a server sees a handful of sizes, a hostile client could send many.
@@ -74,18 +76,14 @@ impl AnchorGenerator {
     }
 
     /// Anchors per level for one image of the batch (all images share them).
-    pub fn anchors(
-        &self,
-        padded: (usize, usize),
-        feats: &[(usize, usize)],
-    ) -> Arc<Vec<Vec<[f32; 4]>>> {
+    pub fn anchors(&self, padded: (usize, usize), feats: &[(usize, usize)]) -> LevelAnchors {
         let key = (padded, feats.to_vec());
         if let Ok(c) = self.cache.lock() {
             if let Some(a) = c.get(&key) {
                 return a.clone();
             }
         }
-        let a: Arc<Vec<Vec<[f32; 4]>>> = Arc::new(
+        let a: LevelAnchors = Arc::new(
             self.cells
                 .iter()
                 .zip(feats)

@@ -1,3 +1,185 @@
-fn main() {
-    println!("maskserve: under construction");
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use maskserve::pipeline::Pipeline;
+use maskserve::server_args::{ModelArgs, ServeArgs};
+use maskserve::types::{MaskFormat, PredictOptions, StageTimings};
+
+#[derive(Parser)]
+#[command(
+    name = "maskserve",
+    version,
+    about = "Mask R-CNN inference on ONNX Runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the model on image files; prints one JSON result per image.
+    Predict(PredictArgs),
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Overrides the model's roi_heads.score_thresh (applied before NMS, as torchvision).
+    #[arg(long)]
+    score_threshold: Option<f32>,
+    /// Overrides the model's mask.threshold (mask = probability >= threshold).
+    #[arg(long)]
+    mask_threshold: Option<f32>,
+    /// Overrides the model's roi_heads.detections_per_img.
+    #[arg(long)]
+    max_detections: Option<usize>,
+    #[arg(long, value_enum, default_value_t = CliMaskFormat::Rle)]
+    mask_format: CliMaskFormat,
+    /// Run each image N times and print per-stage timings instead of the results.
+    #[arg(long, value_name = "N")]
+    bench: Option<usize>,
+    /// Run all images as one batch through the backbone (split layout).
+    #[arg(long)]
+    batch: bool,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CliMaskFormat {
+    Rle,
+    Polygon,
+    Png,
+    None,
+}
+
+impl From<CliMaskFormat> for MaskFormat {
+    fn from(f: CliMaskFormat) -> Self {
+        match f {
+            CliMaskFormat::Rle => MaskFormat::Rle,
+            CliMaskFormat::Polygon => MaskFormat::Polygon,
+            CliMaskFormat::Png => MaskFormat::Png,
+            CliMaskFormat::None => MaskFormat::None,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Predict(a) => predict(a),
+        Command::Serve(_a) => {
+            eprintln!("maskserve serve: not yet implemented");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn predict(a: PredictArgs) -> Result<ExitCode> {
+    let pipeline = Pipeline::load(&a.model.config())?;
+    let opts = PredictOptions {
+        score_threshold: a.score_threshold,
+        mask_threshold: a.mask_threshold,
+        max_detections: a.max_detections,
+        mask_format: a.mask_format.into(),
+    };
+    let files: Vec<Vec<u8>> = a
+        .images
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<Result<_>>()?;
+    let mut stdout = std::io::stdout().lock();
+    if let Some(n) = a.bench {
+        for (path, bytes) in a.images.iter().zip(&files) {
+            bench(&pipeline, path, bytes, &opts, n.max(1), &mut stdout)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = if a.batch {
+        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        pipeline.predict_batch(&refs, &opts)
+    } else {
+        files.iter().map(|b| pipeline.predict(b, &opts)).collect()
+    };
+    let mut failed = false;
+    for (path, r) in a.images.iter().zip(results) {
+        match r {
+            Ok(r) => writeln!(stdout, "{}", serde_json::to_string(&r)?)?,
+            Err(e) => {
+                failed = true;
+                eprintln!("error: {}: {e}", path.display());
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Median per-stage times over `n` runs (after one warm-up), as one JSON line.
+fn bench(
+    p: &Pipeline,
+    path: &std::path::Path,
+    bytes: &[u8],
+    opts: &PredictOptions,
+    n: usize,
+    out: &mut impl Write,
+) -> Result<()> {
+    p.predict(bytes, opts)?;
+    let mut runs: Vec<(StageTimings, f64, usize)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let r = p.predict(bytes, opts)?;
+        runs.push((
+            r.timings,
+            t.elapsed().as_secs_f64() * 1e3,
+            r.detections.len(),
+        ));
+    }
+    let med = |f: &dyn Fn(&(StageTimings, f64, usize)) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2] * 1000.0).round() / 1000.0
+    };
+    let line = serde_json::json!({
+        "image": path.display().to_string(),
+        "runs": n,
+        "provider": p.execution_provider(),
+        "detections": runs[0].2,
+        "median_ms": {
+            "decode_resize": med(&|r| r.0.decode + r.0.preprocess),
+            "graph_backbone_rpn": med(&|r| r.0.backbone_rpn),
+            "rpn_decode_nms": med(&|r| r.0.proposals),
+            "graph_box_head": med(&|r| r.0.box_head),
+            "detection_decode_nms": med(&|r| r.0.detections),
+            "graph_mask_head": med(&|r| r.0.mask_head),
+            "paste_encode": med(&|r| r.0.paste_encode),
+            "total": med(&|r| r.1),
+        }
+    });
+    writeln!(out, "{line}")?;
+    Ok(())
 }
