@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use maskserve::pipeline::Pipeline;
-use maskserve::server_args::{ModelArgs, ServeArgs};
+use maskserve::server::ServeArgs;
+use maskserve::server_args::ModelArgs;
 use maskserve::types::{MaskFormat, PredictOptions, StageTimings};
 
 #[derive(Parser)]
@@ -72,20 +73,14 @@ impl From<CliMaskFormat> for MaskFormat {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
-        )
-        .init();
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Predict(a) => predict(a),
-        Command::Serve(_a) => {
-            eprintln!("maskserve serve: not yet implemented");
-            return ExitCode::from(2);
+        Command::Predict(a) => {
+            init_logging();
+            predict(a)
         }
+        // The server sets up its own logging (text or JSON).
+        Command::Serve(a) => maskserve::server::run(a).map(|()| ExitCode::SUCCESS),
     };
     match r {
         Ok(code) => code,
@@ -94,6 +89,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
+        )
+        .init();
 }
 
 fn predict(a: PredictArgs) -> Result<ExitCode> {

@@ -1,4 +1,5 @@
-//! Command-line arguments shared by `predict` and `serve`, and those of `serve`.
+//! Command-line arguments of `predict` that load the model (`serve` has its own
+//! `server::ServeArgs`).
 
 use std::path::PathBuf;
 
@@ -44,14 +45,4 @@ impl ModelArgs {
             layout: self.layout,
         }
     }
-}
-
-/// `maskserve serve`: the HTTP server (src/server/, to be written).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Listen address.
-    #[arg(long, env = "MASKSERVE_BIND", default_value = "0.0.0.0:8080")]
-    pub bind: String,
 }
