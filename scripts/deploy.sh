@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Render the manifests with the values in k8s/values.yaml and apply them with kubectl.
+#
+# usage: deploy.sh [options] operator|ack|plain [train|serve|batch|all]...  (options anywhere)
+#   operator   SageMaker Operator for Kubernetes (sagemaker.aws.amazon.com/v1, end of life)
+#   ack        ACK SageMaker controller (sagemaker.services.k8s.aws/v1alpha1)
+#   plain      in-cluster Deployment + Service + HorizontalPodAutoscaler
+#   components default to all (plain has only serve)
+# options:
+#   --dry-run          render, then print every kubectl command instead of running it
+#   --delete           delete the rendered objects instead (reverse order; keeps the namespace)
+#   --wait             wait until training completed / endpoint InService / rollout done
+#   --values FILE      extra values file (repeatable; later wins)
+#   --set KEY=VALUE    override one value (repeatable)
+#   --context CTX      kubectl context
+#   --out DIR          keep the rendered manifests in DIR (default: a temporary directory)
+#   --timeout DURATION kubectl wait timeout (default 60m)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DRY_RUN=0
+DELETE=0
+WAIT=0
+OUT=""
+TIMEOUT="60m"
+RENDER_ARGS=()
+KUBECTL=(kubectl)
+
+usage() {
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+run() {
+  if [[ "${DRY_RUN}" -eq 1 ]]; then
+    printf '+'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+POSITIONAL=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1; shift ;;
+    --delete) DELETE=1; shift ;;
+    --wait) WAIT=1; shift ;;
+    --values) RENDER_ARGS+=(--values "$2"); shift 2 ;;
+    --set) RENDER_ARGS+=(--set "$2"); shift 2 ;;
+    --context) KUBECTL+=(--context "$2"); shift 2 ;;
+    --out) OUT="$2"; shift 2 ;;
+    --timeout) TIMEOUT="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "deploy.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) POSITIONAL+=("$1"); shift ;;
+  esac
+done
+if [[ ${#POSITIONAL[@]} -lt 1 ]]; then
+  usage >&2
+  exit 2
+fi
+FLAVOR="${POSITIONAL[0]}"
+WANTED=("${POSITIONAL[@]:1}")
+if [[ ${#WANTED[@]} -eq 0 ]]; then
+  WANTED=(all)
+fi
+
+case "${FLAVOR}" in
+  operator)
+    GROUP="sagemaker.aws.amazon.com"
+    echo "note: the SageMaker Operator for Kubernetes reached end of life on 2023-02-15;" \
+      "prefer 'ack'" >&2
+    ;;
+  ack) GROUP="sagemaker.services.k8s.aws" ;;
+  plain) GROUP="" ;;
+  *) echo "deploy.sh: flavor must be operator, ack or plain, not '${FLAVOR}'" >&2; exit 2 ;;
+esac
+
+# Phases run in this order: the model that serve and batch use is the training job's output.
+PHASES=()
+for phase in train serve batch; do
+  for component in "${WANTED[@]}"; do
+    case "${component}" in
+      train|serve|batch|all) ;;
+      *) echo "deploy.sh: unknown component '${component}' (train, serve, batch, all)" >&2; exit 2 ;;
+    esac
+    if [[ "${component}" == "${phase}" || "${component}" == all ]]; then
+      PHASES+=("${phase}")
+      break
+    fi
+  done
+done
+
+if [[ "${FLAVOR}" == plain ]]; then
+  if [[ " ${PHASES[*]} " != *" serve "* ]]; then
+    echo "deploy.sh: plain has only the serve component" >&2
+    exit 2
+  fi
+  PHASES=(serve)
+fi
+if [[ ${#PHASES[@]} -eq 0 ]]; then
+  echo "deploy.sh: no component selected" >&2
+  exit 2
+fi
+
+render() {
+  python3 "${SCRIPT_DIR}/render_manifests.py" "${RENDER_ARGS[@]}" "$@"
+}
+
+if [[ -z "${OUT}" ]]; then
+  OUT="$(mktemp -d)"
+  trap 'rm -rf "${OUT}"' EXIT
+fi
+NAMESPACE="$(render --get namespace)"
+K=("${KUBECTL[@]}" -n "${NAMESPACE}")
+
+# Render one phase into OUT/PHASE; prints the files in apply order.
+render_phase() {
+  render --flavor "${FLAVOR}" --component "$1" --out "${OUT}/$1"
+}
+
+# The controller's CRDs must be installed before its custom resources can be applied.
+check_crds() {
+  local plurals crds=() plural
+  plurals="$(python3 - "$@" <<'PY'
+import sys
+import yaml
+plurals = {"TrainingJob": "trainingjobs", "HostingDeployment": "hostingdeployments",
+           "BatchTransformJob": "batchtransformjobs", "Model": "models",
+           "EndpointConfig": "endpointconfigs", "Endpoint": "endpoints",
+           "TransformJob": "transformjobs"}
+seen = []
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as fh:
+        for doc in yaml.safe_load_all(fh):
+            name = plurals.get((doc or {}).get("kind"))
+            if name and name not in seen:
+                seen.append(name)
+print(" ".join(seen))
+PY
+  )"
+  for plural in ${plurals}; do
+    crds+=("${plural}.${GROUP}")
+  done
+  if [[ ${#crds[@]} -gt 0 ]]; then
+    run "${KUBECTL[@]}" get crd "${crds[@]}"
+  fi
+}
+
+wait_for() {
+  case "${FLAVOR}/$1" in
+    plain/serve)
+      run "${K[@]}" rollout status "deployment/$(render --get app_name)" --timeout "${TIMEOUT}"
+      ;;
+    */train)
+      run "${K[@]}" wait "trainingjob.${GROUP}/$(render --get training_job_name)" \
+        --for=jsonpath='{.status.trainingJobStatus}'=Completed --timeout "${TIMEOUT}"
+      ;;
+    operator/serve)
+      run "${K[@]}" wait "hostingdeployment.${GROUP}/$(render --get endpoint_name)" \
+        --for=jsonpath='{.status.endpointStatus}'=InService --timeout "${TIMEOUT}"
+      ;;
+    ack/serve)
+      run "${K[@]}" wait "endpoint.${GROUP}/$(render --get endpoint_name)" \
+        --for=jsonpath='{.status.endpointStatus}'=InService --timeout "${TIMEOUT}"
+      ;;
+    operator/batch)
+      run "${K[@]}" wait "batchtransformjob.${GROUP}/$(render --get transform_job_name)" \
+        --for=jsonpath='{.status.transformJobStatus}'=Completed --timeout "${TIMEOUT}"
+      ;;
+    ack/batch)
+      run "${K[@]}" wait "transformjob.${GROUP}/$(render --get transform_job_name)" \
+        --for=jsonpath='{.status.transformJobStatus}'=Completed --timeout "${TIMEOUT}"
+      ;;
+  esac
+}
+
+if [[ "${DELETE}" -eq 1 ]]; then
+  # Reverse of the global apply order (file names are numbered), each object once; the
+  # namespace stays (delete it by hand when nothing else lives there).
+  declare -A BY_NAME=()
+  for phase in "${PHASES[@]}"; do
+    while IFS= read -r file; do
+      name="$(basename "${file}")"
+      [[ "${name}" == common-* ]] && continue
+      BY_NAME["${name}"]="${file}"
+    done < <(render_phase "${phase}")
+  done
+  mapfile -t NAMES < <(printf '%s\n' "${!BY_NAME[@]}" | sort -r)
+  for name in "${NAMES[@]}"; do
+    [[ -n "${name}" ]] && run "${KUBECTL[@]}" delete --ignore-not-found -f "${BY_NAME[${name}]}"
+  done
+  exit 0
+fi
+
+for (( p=0; p<${#PHASES[@]}; p++ )); do
+  phase="${PHASES[$p]}"
+  mapfile -t FILES < <(render_phase "${phase}")
+  echo "# ${FLAVOR} ${phase}: ${#FILES[@]} manifest(s) rendered into ${OUT}/${phase}" >&2
+  if [[ -n "${GROUP}" ]]; then
+    check_crds "${FILES[@]}"
+  fi
+  for file in "${FILES[@]}"; do
+    run "${KUBECTL[@]}" apply -f "${file}"
+  done
+  # Later phases need the trained model, so training is always waited for when they follow.
+  if [[ "${WAIT}" -eq 1 || ( "${phase}" == train && $((p + 1)) -lt ${#PHASES[@]} ) ]]; then
+    wait_for "${phase}"
+  fi
+done
