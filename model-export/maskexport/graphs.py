@@ -1,0 +1,124 @@
+"""Dense export wrappers: the pieces of a torchvision Mask R-CNN that become ONNX graphs.
+
+The split stops exactly where data-dependent work starts (top-k, NMS, paste), which the server
+does itself. Multi-scale RoIAlign is made dense: every RoI is pooled on every level and the
+level that torchvision's ``LevelMapper`` picks is selected by a 0/1 mask (adding exact zeros,
+so the result is identical to torchvision's gather/scatter version).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import roi_align
+
+# torchvision's LevelMapper constants
+CANONICAL_SCALE = 224
+CANONICAL_LEVEL = 4
+LEVEL_EPS = 1e-6
+
+
+class DenseMultiScaleRoIAlign(nn.Module):
+    def __init__(self, output_size: int, sampling_ratio: int, strides: list[int]) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.scales = [1.0 / s for s in strides]
+        self.k_min = int(math.log2(strides[0]))
+        self.k_max = int(math.log2(strides[-1]))
+
+    def forward(self, feats: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        w = rois[:, 3] - rois[:, 1]
+        h = rois[:, 4] - rois[:, 2]
+        s = torch.sqrt(w * h)
+        lvl = torch.floor(CANONICAL_LEVEL + torch.log2(s / CANONICAL_SCALE) + LEVEL_EPS)
+        lvl = torch.clamp(lvl, min=self.k_min, max=self.k_max) - self.k_min
+        out = None
+        for i, (f, scale) in enumerate(zip(feats, self.scales)):
+            pooled = roi_align(
+                f, rois, (self.output_size, self.output_size), scale, self.sampling_ratio, False
+            )
+            sel = (lvl == i).to(pooled.dtype).reshape(-1, 1, 1, 1)
+            out = pooled * sel if out is None else out + pooled * sel
+        assert out is not None
+        return out
+
+
+def feature_strides(model: MaskRCNN) -> list[int]:
+    # Box and mask heads pool from the FPN levels at strides 4..32 in both architectures.
+    return [4, 8, 16, 32][: len(model.roi_heads.box_roi_pool.featmap_names)]
+
+
+class BackboneRPN(nn.Module):
+    """images [B,3,H,W] (normalised, padded) → features, objectness and deltas per level."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.rpn.head
+        self.featmap_names = list(model.roi_heads.box_roi_pool.featmap_names)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.backbone(images)
+        objectness, deltas = self.head(list(feats.values()))
+        pooled = [feats[n] for n in self.featmap_names]
+        return (*pooled, *objectness, *deltas)
+
+
+class BoxHead(nn.Module):
+    """features + rois [K,5] → class logits [K,C], box regression [K,C*4]."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        pool = model.roi_heads.box_roi_pool
+        self.pool = DenseMultiScaleRoIAlign(pool.output_size[0], pool.sampling_ratio, feature_strides(model))
+        self.head = model.roi_heads.box_head
+        self.predictor = model.roi_heads.box_predictor
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, rois = list(args[:-1]), args[-1]
+        return self.predictor(self.head(self.pool(feats, rois)))
+
+
+class MaskHead(nn.Module):
+    """features + rois [K,5] + labels [K] → mask logits [K,1,M,M] of each RoI's label."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        pool = model.roi_heads.mask_roi_pool
+        self.pool = DenseMultiScaleRoIAlign(pool.output_size[0], pool.sampling_ratio, feature_strides(model))
+        self.head = model.roi_heads.mask_head
+        self.predictor = model.roi_heads.mask_predictor
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        feats, rois, labels = list(args[:-2]), args[-2], args[-1]
+        logits = self.predictor(self.head(self.pool(feats, rois)))
+        m = logits.shape[-1]
+        index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+        return torch.gather(logits, 1, index)
+
+
+class SingleGraph(nn.Module):
+    """The conventional layout: image [3,H,W] in [0,1] → boxes, labels, scores, 28×28 masks.
+
+    Everything torchvision does except the mask paste (a Loop in ONNX), which the server does.
+    """
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        original = image.shape[-2:]
+        images, _ = m.transform([image])
+        features = m.backbone(images.tensors)
+        proposals, _ = m.rpn(images, features)
+        detections, _ = m.roi_heads(features, proposals, images.image_sizes)
+        det = detections[0]
+        boxes = resize_boxes(det["boxes"], images.image_sizes[0], original)
+        return boxes, det["labels"], det["scores"], det["masks"]

@@ -1,0 +1,127 @@
+"""Each exported graph reproduces the PyTorch modules it came from, on the same inputs."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from maskexport.export import FORBIDDEN_OPS, export_model_dir, graph_ops
+from maskexport.model import build_model
+
+ARCHS = [("tiny-fpn", 4), ("resnet50-fpn", 91)]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module", params=ARCHS, ids=[a for a, _ in ARCHS])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    arch, classes = request.param
+    torch.manual_seed(0)
+    model = build_model(arch, classes).eval()
+    # Random heads barely separate classes; perturb the predictor so label selection matters.
+    with torch.no_grad():
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.normal_(0, 1)
+    out = tmp_path_factory.mktemp(arch)
+    names = ["__background__"] + [f"c{i}" for i in range(1, classes)]
+    m = export_model_dir(model, out, arch, names, arch, single=(arch == "tiny-fpn"))
+    return model, out, m
+
+
+def _padded_batch(model: torch.nn.Module) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    torch.manual_seed(1)
+    images = [torch.rand(3, 230, 301), torch.rand(3, 190, 260)]
+    batch, _ = model.transform(images)
+    return batch.tensors, batch.image_sizes
+
+
+def test_backbone_rpn_matches(exported: tuple) -> None:
+    model, out, m = exported
+    x, _ = _padded_batch(model)
+    got = _session(out / m["graphs"]["backbone_rpn"]).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        feats = model.backbone(x)
+        obj, deltas = model.rpn.head(list(feats.values()))
+    want = [feats[k] for k in model.roi_heads.box_roi_pool.featmap_names] + obj + deltas
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def _rois_and_features(model: torch.nn.Module, m: dict) -> tuple:
+    x, sizes = _padded_batch(model)
+    with torch.no_grad():
+        feats = model.backbone(x)
+    g = torch.Generator().manual_seed(2)
+    per_image = []
+    for h, w in sizes:
+        xy = torch.rand(40, 2, generator=g) * torch.tensor([w - 20, h - 20])
+        wh = torch.rand(40, 2, generator=g) * torch.tensor([w, h]) * 0.6 + 2
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w, h]))], 1)
+        per_image.append(boxes)
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(per_image)])
+    names = model.roi_heads.box_roi_pool.featmap_names
+    inputs = {n: feats[k].numpy() for n, k in zip(m["graphs"]["feature_names"], names)}
+    return feats, sizes, per_image, rois, inputs
+
+
+def test_box_head_matches_torchvision_multiscale_roi_align(exported: tuple) -> None:
+    model, out, m = exported
+    feats, sizes, per_image, rois, inputs = _rois_and_features(model, m)
+    logits, reg = _session(out / m["graphs"]["box_head"]).run(None, {**inputs, "rois": rois.numpy()})
+    rh = model.roi_heads
+    with torch.no_grad():
+        pooled = rh.box_roi_pool(OrderedDict(feats), per_image, sizes)
+        want_logits, want_reg = rh.box_predictor(rh.box_head(pooled))
+    np.testing.assert_allclose(logits, want_logits.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(reg, want_reg.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_mask_head_matches_torchvision(exported: tuple) -> None:
+    model, out, m = exported
+    feats, sizes, per_image, rois, inputs = _rois_and_features(model, m)
+    n_classes = len(m["classes"])
+    labels = torch.arange(len(rois)) % (n_classes - 1) + 1
+    (got,) = _session(out / m["graphs"]["mask_head"]).run(
+        None, {**inputs, "rois": rois.numpy(), "labels": labels.numpy()}
+    )
+    rh = model.roi_heads
+    with torch.no_grad():
+        pooled = rh.mask_roi_pool(OrderedDict(feats), per_image, sizes)
+        logits = rh.mask_predictor(rh.mask_head(pooled))
+    want = logits[torch.arange(len(labels)), labels][:, None]
+    assert got.shape == tuple(want.shape)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_split_graphs_have_no_data_dependent_ops(exported: tuple) -> None:
+    _, out, m = exported
+    for key in ("backbone_rpn", "box_head", "mask_head"):
+        assert not graph_ops(out / m["graphs"][key]) & FORBIDDEN_OPS, key
+
+
+def test_single_graph_matches_eager(exported: tuple) -> None:
+    model, out, m = exported
+    if "single" not in m["graphs"]:
+        pytest.skip("single graph exported for the tiny architecture only (size)")
+    torch.manual_seed(3)
+    image = torch.rand(3, 250, 330)
+    boxes, labels, scores, masks = _session(out / m["graphs"]["single"]).run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        images, _ = model.transform([image])
+        features = model.backbone(images.tensors)
+        proposals, _ = model.rpn(images, features)
+        det, _ = model.roi_heads(features, proposals, images.image_sizes)
+    det = det[0]
+    want = model.transform.postprocess([{"boxes": det["boxes"]}], images.image_sizes, [(250, 330)])[0]
+    n = min(20, len(scores))
+    np.testing.assert_allclose(scores[:n], det["scores"][:n].numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(boxes[:n], want["boxes"][:n].numpy(), rtol=1e-3, atol=1e-2)
+    np.testing.assert_array_equal(labels[:n], det["labels"][:n].numpy())
+    np.testing.assert_allclose(masks[:n], det["masks"][:n].numpy(), rtol=1e-3, atol=1e-4)
