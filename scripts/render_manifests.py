@@ -214,9 +214,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--values", action="append", type=Path, default=[], help="extra values file (repeatable)"
     )
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, help="write one file per template into this directory")
     parser.add_argument("--get", action="append", metavar="KEY", help="print a resolved value")
     return parser.parse_args(argv)
