@@ -26,6 +26,10 @@ enum Command {
     Predict(PredictArgs),
     /// Run the HTTP server.
     Serve(ServeArgs),
+    /// Test helper: reads COCO RLE JSON objects (one per line) on stdin and prints each decoded
+    /// mask as a base64 PNG line, using maskserve's own decoder.
+    #[command(hide = true)]
+    DebugRleDecode,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         }
         // The server sets up its own logging (text or JSON).
         Command::Serve(a) => maskserve::server::run(a).map(|()| ExitCode::SUCCESS),
+        Command::DebugRleDecode => rle_decode(),
     };
     match r {
         Ok(code) => code,
@@ -187,4 +192,32 @@ fn bench(
     });
     writeln!(out, "{line}")?;
     Ok(())
+}
+
+fn rle_decode() -> Result<ExitCode> {
+    use base64::Engine;
+    use std::io::BufRead;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rle: maskserve::types::Rle = serde_json::from_str(&line)?;
+        let dense = maskserve::rle::decode(&rle).map_err(anyhow::Error::msg)?;
+        let img = image::GrayImage::from_raw(
+            rle.size[1],
+            rle.size[0],
+            dense.iter().map(|v| v * 255).collect(),
+        )
+        .context("mask size")?;
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        writeln!(
+            out,
+            "{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

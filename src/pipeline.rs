@@ -136,9 +136,10 @@ fn f32_output<'a>(
 impl Pipeline {
     /// Loads the manifest and builds every session (all `sessions` sets) up front.
     pub fn load(cfg: &PipelineConfig) -> Result<Pipeline> {
+        // The library first: its error is the one a misconfigured deployment needs to see.
+        let env = runtime::environment(cfg.ort_lib.as_deref())?;
         let manifest = Manifest::load(&cfg.model_dir)?;
         let graphs = manifest.graph_paths(&cfg.model_dir, cfg.layout)?;
-        let env = runtime::environment(cfg.ort_lib.as_deref())?;
         let opts = SessionOptions {
             intra_threads: cfg.threads,
         };
