@@ -21,11 +21,11 @@ def collate(batch: list) -> tuple:
     return tuple(zip(*batch))
 
 
-def _lr_at(it: int, total: int, base: float, warmup: int) -> float:
+def _lr_at(it: int, progress: float, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` iterations, then cosine decay over ``progress`` in [0, 1]."""
     if it < warmup:
         return base * (0.001 + 0.999 * it / warmup)
-    t = (it - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * t))
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(
@@ -40,8 +40,13 @@ def train(
     threads: int | None = None,
     seed: int = 0,
     log_every: int = 50,
+    time_budget_s: float | None = None,
 ) -> dict[str, float]:
     """Train for ``iterations`` steps; writes the checkpoint and returns val metrics (if any).
+
+    With ``time_budget_s`` the schedule also ends when the wall-clock budget is spent: the cosine
+    decay follows whichever of iterations and time is further along, so a slow or shared machine
+    still finishes with a fully annealed model (the log says how many iterations that took).
 
     Runs under torch.distributed when WORLD_SIZE > 1 (each rank sees a shard of the data).
     """
@@ -81,14 +86,22 @@ def train(
     warmup = min(300, iterations // 10)
     it, epoch, start = 0, 0, time.time()
     model.train()
-    while it < iterations:
+
+    def progress() -> float:
+        # Warm-up counts against neither clock; the decay spans the rest.
+        p = (it - warmup) / max(1, iterations - warmup)
+        if time_budget_s:
+            p = max(p, (time.time() - start) / time_budget_s)
+        return p
+
+    while it < iterations and progress() < 1.0:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for images, targets in loader:
-            if it >= iterations:
+            if it >= iterations or progress() >= 1.0:
                 break
             for g in opt.param_groups:
-                g["lr"] = _lr_at(it, iterations, lr, warmup)
+                g["lr"] = _lr_at(it, progress(), lr, warmup)
             images = [i.to(device) for i in images]
             targets = [
                 {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
@@ -115,6 +128,7 @@ def train(
         epoch += 1
     metrics: dict[str, float] = {}
     if rank == 0:
+        print(f"trained {it} iterations in {time.time() - start:.0f}s", flush=True)
         model.eval().cpu()
         out_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(str(out_checkpoint), model, arch, classes)
@@ -138,8 +152,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget-min", type=float, help="also end the schedule after this many minutes")
+    p.add_argument("--checkpoint-dir", type=Path)
     a = p.parse_args(argv)
-    train(a.train, a.out, a.arch, a.iterations, a.batch_size, a.lr, a.val, None, a.threads, a.seed)
+    budget = a.time_budget_min * 60 if a.time_budget_min else None
+    train(
+        a.train,
+        a.out,
+        a.arch,
+        a.iterations,
+        a.batch_size,
+        a.lr,
+        a.val,
+        a.checkpoint_dir,
+        a.threads,
+        a.seed,
+        time_budget_s=budget,
+    )
 
 
 if __name__ == "__main__":
