@@ -355,7 +355,6 @@ pub async fn observe(
     let content_type = content_type_label(req.headers());
     let method = req.method().to_string();
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
     let start = Instant::now();
     let invocation = route == "/invocations";
     if invocation {
@@ -372,7 +371,19 @@ pub async fn observe(
     }
     let mut res = match result {
         Ok(res) => res.map_into_boxed_body(),
-        Err(e) => ServiceResponse::new(http_req, e.error_response()),
+        Err(e) => {
+            // Handlers' errors arrive as responses; an `Err` here comes from actix itself.
+            // No request is left to build a response from (holding a clone of it would break
+            // routing), so hand back the error re-typed as a JSON one.
+            let status = e.as_response_error().status_code();
+            if let Some(s) = &state {
+                s.metrics
+                    .requests
+                    .with_label_values(&[route, status.as_str(), content_type])
+                    .inc();
+            }
+            return Err(ApiError::new(status, e.to_string()).into());
+        }
     };
     let status = res.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(res.response()) {

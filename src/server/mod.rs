@@ -25,6 +25,8 @@ use clap::Args;
 use self::http::{AppState, Engine, ExecutionParameters, HttpSettings};
 use self::metrics::Metrics;
 use self::queue::{FaultInjection, InferenceQueue, Predict};
+use crate::model::Layout;
+use crate::pipeline::{Pipeline, PipelineConfig, DEFAULT_MAX_PIXELS};
 use crate::runtime::Device;
 
 const MIB: usize = 1 << 20;
@@ -51,9 +53,12 @@ pub struct ServeArgs {
     /// Inference workers, each with its own session set.
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 1)]
     pub workers: usize,
-    /// Largest image (width × height) accepted.
-    #[arg(long, env = "MASKSERVE_MAX_PIXELS")]
-    pub max_pixels: Option<u64>,
+    /// Refuse images whose header declares more pixels than this (413).
+    #[arg(long, env = "MASKSERVE_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Graph layout: split (three graphs, Rust NMS/paste) or single (maskrcnn.onnx).
+    #[arg(long, env = "MASKSERVE_LAYOUT", value_enum, default_value_t = Layout::Split)]
+    pub layout: Layout,
     /// Port to listen on (SageMaker sets SAGEMAKER_BIND_TO_PORT for multi-container models).
     #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
     pub port: u16,
@@ -100,6 +105,9 @@ pub struct ServeArgs {
     /// Test hook: sleep this long before each image.
     #[arg(long, env = "MASKSERVE_DEBUG_DELAY_MS", hide = true)]
     pub debug_delay_ms: Option<u64>,
+    /// Test hook: sleep this long before loading the model (to observe /ping during load).
+    #[arg(long, env = "MASKSERVE_DEBUG_LOAD_DELAY_MS", hide = true)]
+    pub debug_load_delay_ms: Option<u64>,
     /// Test hook: fail every inference with a 500.
     #[arg(long, env = "MASKSERVE_DEBUG_FAIL_INFERENCE", hide = true)]
     pub debug_fail_inference: bool,
@@ -235,26 +243,49 @@ fn init_logging(json: bool) {
     };
 }
 
-fn load_engine(_args: &ServeArgs, _metrics: &Arc<Metrics>) -> Result<Engine> {
-    let _ = (
-        FaultInjection {
-            inner: Arc::new(Noop),
-            delay: Duration::ZERO,
-            fail: false,
-        },
-        InferenceQueue::start,
-    );
-    bail!("pipeline not yet available")
-}
-struct Noop;
-impl Predict for Noop {
+impl Predict for Pipeline {
     fn predict(
         &self,
-        _: &[u8],
-        _: &crate::types::PredictOptions,
+        image: &[u8],
+        opts: &crate::types::PredictOptions,
     ) -> Result<crate::types::ImageResult, crate::types::PredictError> {
-        Err(crate::types::PredictError::Inference("x".into()))
+        Pipeline::predict(self, image, opts)
     }
+}
+
+/// Loads the pipeline and starts the inference workers (runs on a background thread).
+fn load_engine(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Engine> {
+    let model_dir = args.resolved_model_dir();
+    let workers = args.workers.max(1);
+    // One session set per worker: each worker thread runs one image at a time, so more sets
+    // would sit idle and fewer would make workers wait on the pool.
+    let config = PipelineConfig {
+        model_dir: model_dir.clone(),
+        ort_lib: args.ort_lib.clone(),
+        device: args.device,
+        threads: args.threads,
+        sessions: workers,
+        max_pixels: args.max_pixels,
+        layout: args.layout,
+    };
+    let pipeline = Pipeline::load(&config)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let execution_provider = pipeline.execution_provider().to_string();
+    let mut predictor: Arc<dyn Predict> = Arc::new(pipeline);
+    if args.debug_delay_ms.is_some() || args.debug_fail_inference {
+        predictor = Arc::new(FaultInjection {
+            inner: predictor,
+            delay: Duration::from_millis(args.debug_delay_ms.unwrap_or(0)),
+            fail: args.debug_fail_inference,
+        });
+    }
+    let queue_size = args.queue_size.unwrap_or((4 * workers).max(16));
+    let queue = InferenceQueue::start(predictor, workers, queue_size, Arc::clone(metrics))
+        .context("starting the inference threads")?;
+    Ok(Engine {
+        queue,
+        execution_provider,
+    })
 }
 
 /// Runs the server until SIGTERM/SIGINT; returns once in-flight requests have finished.
@@ -295,6 +326,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         std::thread::Builder::new()
             .name("model-loader".into())
             .spawn(move || {
+                if let Some(ms) = args.debug_load_delay_ms {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 let t0 = Instant::now();
                 let outcome = load_engine(&args, &state.metrics);
                 let secs = t0.elapsed().as_secs_f64();
