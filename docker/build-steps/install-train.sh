@@ -3,9 +3,10 @@
 #
 #   install-train.sh [--dry-run] VENV REQUIREMENTS MODEL_EXPORT_DIR
 #
-# If MODEL_EXPORT_DIR has a pyproject.toml or setup.py it is pip-installed (its dependencies
-# constrained by REQUIREMENTS); otherwise its maskexport/ package is copied into the venv's
-# site-packages. Used by docker/Dockerfile.train and by tests/deploy (outside Docker).
+# The maskexport/ package of MODEL_EXPORT_DIR is copied into the venv's site-packages (no
+# package discovery, so other folders there do not matter); the dependencies its pyproject.toml
+# declares, if any, are installed constrained by REQUIREMENTS. Used by docker/Dockerfile.train
+# and by tests/deploy (outside Docker).
 set -euo pipefail
 
 DRY_RUN=0
@@ -49,15 +50,20 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 run "${PYTHON}" -m venv "${VENV}"
 run "${VENV}/bin/pip" install --no-cache-dir -r "${REQUIREMENTS}"
-if [[ -f "${MODEL_EXPORT}/pyproject.toml" || -f "${MODEL_EXPORT}/setup.py" ]]; then
-  run "${VENV}/bin/pip" install --no-cache-dir -c "${REQUIREMENTS}" "${MODEL_EXPORT}"
-else
-  if [[ "${DRY_RUN}" -eq 1 ]]; then
-    SITE="${VENV}/lib/pythonX.Y/site-packages"
-  else
-    SITE="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [[ -f "${MODEL_EXPORT}/pyproject.toml" ]]; then
+  mapfile -t DEPS < <("${PYTHON}" -c 'import sys, tomllib
+with open(sys.argv[1], "rb") as fh:
+    print("\n".join(tomllib.load(fh).get("project", {}).get("dependencies", [])))' \
+    "${MODEL_EXPORT}/pyproject.toml")
+  if [[ ${#DEPS[@]} -gt 0 && -n "${DEPS[0]}" ]]; then
+    run "${VENV}/bin/pip" install --no-cache-dir -c "${REQUIREMENTS}" "${DEPS[@]}"
   fi
-  run cp -r "${MODEL_EXPORT}/maskexport" "${SITE}/maskexport"
 fi
+if [[ "${DRY_RUN}" -eq 1 ]]; then
+  SITE="${VENV}/lib/pythonX.Y/site-packages"
+else
+  SITE="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+fi
+run cp -r "${MODEL_EXPORT}/maskexport" "${SITE}/maskexport"
 # Fail the build now, not at training time, if the package does not import.
 run "${VENV}/bin/python" -c "import maskexport"

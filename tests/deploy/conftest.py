@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import sys
 from collections.abc import Iterator
@@ -13,12 +12,11 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Test modules import deploy_support, deploy_checks, ... (here) and render_manifests (scripts/).
+for _path in (Path(__file__).resolve().parent, REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
 
-import render_manifests  # noqa: E402
-
-CRD_DIR = REPO_ROOT.parent / "shared" / "crds"
 EXTERNAL_TOOLS = ("aws", "docker", "kubectl", "curl", "unzip", "helm", "cargo")
 
 
@@ -27,7 +25,7 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-@pytest.fixture(scope="session", params=render_manifests.FLAVORS)
+@pytest.fixture(scope="session", params=["operator", "ack", "plain"])
 def flavor(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -35,6 +33,8 @@ def flavor(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def rendered_docs(flavor: str) -> list[dict[str, Any]]:
     """Every document of one flavor, all components, default values."""
+    import render_manifests
+
     return [doc for item in render_manifests.render(flavor) for doc in item.documents]
 
 
@@ -54,11 +54,3 @@ def fake_tools(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     yield env, log
-
-
-def require_tool(name: str) -> str:
-    """Path of a command-line tool, or skip when it is not installed."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (pip install -r tests/deploy/requirements.txt)")
-    return path

@@ -241,9 +241,9 @@ def _run_rules(ins: Instruction, stage_env: str) -> list[str]:
             errors.append(f"{where}: apt-get install without -y")
         if "rm -rf /var/lib/apt/lists" not in run:
             errors.append(f"{where}: apt-get install without removing /var/lib/apt/lists")
-    if re.search(r"\bpip3?\s+install\b", run) and "--no-cache-dir" not in run:
-        if "PIP_NO_CACHE_DIR" not in stage_env:
-            errors.append(f"{where}: pip install without --no-cache-dir")
+    pip_install = re.search(r"\bpip3?\s+install\b", run)
+    if pip_install and "--no-cache-dir" not in run and "PIP_NO_CACHE_DIR" not in stage_env:
+        errors.append(f"{where}: pip install without --no-cache-dir")
     if re.search(r"\b(curl|wget)\b.*\|\s*(ba)?sh\b", run):
         errors.append(f"{where}: do not pipe downloads into a shell")
     return errors

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from deploy_support import REPO_ROOT
 
 STEPS = REPO_ROOT / "docker" / "build-steps"
 ORT_VERSION = "1.31.1"
@@ -107,6 +107,8 @@ def test_install_train_builds_a_venv_that_imports_maskexport(tmp_path: Path) -> 
     export = tmp_path / "model-export"
     (export / "maskexport").mkdir(parents=True)
     (export / "maskexport" / "__init__.py").write_text("VERSION = 'test'\n", "utf-8")
+    (export / "pyproject.toml").write_text("[project]\nname = 'x'\ndependencies = []\n", "utf-8")
+    (export / "work").mkdir()  # stray folders (training runs) must not matter
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# nothing\n", "utf-8")
     venv = tmp_path / "venv"

@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 import render_manifests
-from conftest import CRD_DIR
 from crd_schemas import SchemaIndex, load_crd_schemas
+from deploy_support import CRD_DIR
 
 SAGEMAKER_GROUPS = ("sagemaker.aws.amazon.com/", "sagemaker.services.k8s.aws/")
 

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require_tool
+from deploy_support import REPO_ROOT, require_tool
 from dockerfile_rules import DockerIgnore, exec_form, lint, parse
 
 DOCKER = REPO_ROOT / "docker"
@@ -144,13 +144,17 @@ BAD = {
     ),
     "shell-form cmd": ("FROM debian:12.13-slim AS a\nFROM a\nCMD serve\n", "exec"),
     "apt without recommends flag": (
-        "FROM debian:12.13-slim AS a\nRUN apt-get update && apt-get install -y curl "
-        "&& rm -rf /var/lib/apt/lists/*\nFROM a\n",
+        (
+            "FROM debian:12.13-slim AS a\nRUN apt-get update && apt-get install -y curl "
+            "&& rm -rf /var/lib/apt/lists/*\nFROM a\n"
+        ),
         "--no-install-recommends",
     ),
     "apt without cleanup": (
-        "FROM debian:12.13-slim AS a\nRUN apt-get update && apt-get install -y "
-        "--no-install-recommends curl\nFROM a\n",
+        (
+            "FROM debian:12.13-slim AS a\nRUN apt-get update && apt-get install -y "
+            "--no-install-recommends curl\nFROM a\n"
+        ),
         "/var/lib/apt/lists",
     ),
     "lonely apt-get update": ("FROM debian:12.13-slim AS a\nRUN apt-get update\nFROM a\n", "share"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, require_tool
+from deploy_support import REPO_ROOT, require_tool
 
 SCRIPTS = REPO_ROOT / "scripts"
 SHELL_SCRIPTS = sorted(
@@ -100,10 +100,11 @@ def test_build_and_push_subset_tag_and_account_lookup(fake_tools: Tools) -> None
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
     assert cmds[0] == "aws sts get-caller-identity --query Account --output text"
-    assert [c for c in cmds if c.startswith("docker build")] == [
+    expected = (
         f"docker build --platform linux/amd64 -f {REPO_ROOT}/docker/Dockerfile.cpu "
         f"-t 000000000000.dkr.ecr.us-east-2.amazonaws.com/maskserve:2.0.0-cpu {REPO_ROOT}"
-    ]
+    )
+    assert [c for c in cmds if c.startswith("docker build")] == [expected]
     assert not log.exists()
 
 
