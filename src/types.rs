@@ -79,7 +79,7 @@ pub enum PredictError {
     /// Not an image we can decode (400).
     #[error("cannot decode image: {0}")]
     BadImage(String),
-    /// A format we do not decode (415).
+    /// A format we do not decode (the server answers 400: the payload is not an image it reads).
     #[error("unsupported image format: {0}")]
     UnsupportedFormat(String),
     /// Header declares more pixels than allowed (413).

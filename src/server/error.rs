@@ -56,8 +56,11 @@ impl ApiError {
     /// Maps a pipeline failure to its status; `prefix` names the instance in a batch.
     pub fn from_predict(err: &PredictError, prefix: &str) -> Self {
         let status = match err {
-            PredictError::BadImage(_) | PredictError::BadOption(_) => StatusCode::BAD_REQUEST,
-            PredictError::UnsupportedFormat(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            // Bytes that are no image we decode are a bad payload (400), whatever their
+            // magic number: the request's Content-Type itself was supported (415 is for that).
+            PredictError::BadImage(_)
+            | PredictError::UnsupportedFormat(_)
+            | PredictError::BadOption(_) => StatusCode::BAD_REQUEST,
             PredictError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             PredictError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
