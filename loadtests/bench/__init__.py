@@ -1,0 +1,1 @@
+"""Benchmark harness: the ONNX Runtime floor, maskserve and the Python reference server."""
