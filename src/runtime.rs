@@ -146,7 +146,7 @@ fn with_device(
                 .map_err(|e| {
                     anyhow!(
                         "--device cuda: the CUDA execution provider could not be registered: {}. {}",
-                        e.message(),
+                        e.message().trim_end_matches('.'),
                         provider_hint("libonnxruntime_providers_cuda.so")
                     )
                 })?;
@@ -161,7 +161,7 @@ fn with_device(
                 .map_err(|e| {
                     anyhow!(
                         "--device tensorrt: the TensorRT execution provider could not be registered: {}. {}",
-                        e.message(),
+                        e.message().trim_end_matches('.'),
                         provider_hint("libonnxruntime_providers_tensorrt.so")
                     )
                 })?;
