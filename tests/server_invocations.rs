@@ -422,13 +422,45 @@ fn errors_limits_ids_and_side_routes() {
 fn payload_limit_follows_sagemaker_max_payload_in_mb() {
     let model = model_or_skip!();
     let png = sample_images(&model).remove(0);
-    let s = ready_server(&model, &[], &[("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")]);
+    let s = ready_server(
+        &model,
+        &[],
+        &[
+            ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1"),
+            ("SAGEMAKER_BATCH", "true"),
+            ("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD"),
+            ("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "4"),
+        ],
+    );
     let mut body = json!({"instances": [b64(&png)]}).to_string().into_bytes();
     body.resize(MIB, b'\n');
     assert_eq!(s.post("application/json", &body, &[]).status, 200);
     body.push(b' ');
     s.post("application/json", &body, &[]).assert_error(413);
-    assert_eq!(s.get("/execution-parameters").json()["MaxPayloadInMB"], 1);
+    let p = s.get("/execution-parameters").json();
+    assert_eq!(
+        p,
+        json!({"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 1})
+    );
+    // Batch transform, MULTI_RECORD: one output line per input line, in order, even without
+    // an Accept header.
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"img_id": i, "img_data": b64(&server_support::synthetic_png(i))}).to_string()
+        })
+        .collect();
+    let r = s.post("application/jsonlines", lines.join("\n").as_bytes(), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/jsonlines"));
+    let out: Vec<Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        out.iter().map(|v| v["img_id"].clone()).collect::<Vec<_>>(),
+        vec![json!(0), json!(1), json!(2)]
+    );
 }
 
 #[test]

@@ -158,6 +158,15 @@ pub fn negotiate(accept: Option<&str>, default: &str) -> Result<ResponseFormat, 
     })
 }
 
+/// True when `Accept` leaves the choice to the server (missing, empty, or only wildcards).
+pub fn accept_is_wildcard(accept: Option<&str>) -> bool {
+    accept.is_none_or(|a| {
+        a.split(',')
+            .map(media_type_essence)
+            .all(|e| e.is_empty() || e == "*/*" || e == "application/*")
+    })
+}
+
 /// Per-request option overrides; `None` leaves the lower layer's value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OptionOverrides {
@@ -786,6 +795,9 @@ mod tests {
                 .lines
         );
         assert!(!negotiate(None, "text/csv").unwrap().lines);
+        assert!(accept_is_wildcard(None));
+        assert!(accept_is_wildcard(Some("*/*; q=0.8, application/*")));
+        assert!(!accept_is_wildcard(Some("*/*, application/json")));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct HttpSettings {
     pub timeout: Duration,
     pub max_instances: usize,
     pub default_accept: String,
+    /// Answer a JSON Lines request in JSON Lines when Accept is missing or a wildcard.
+    pub mirror_jsonlines: bool,
     pub execution_parameters: ExecutionParameters,
 }
 
@@ -210,6 +212,17 @@ async fn invocations(
 
     let body = read_body(payload, settings.payload_limit, content_length).await?;
     let kind = formats::request_kind(content_type.as_deref(), &body)?;
+    let format = if settings.mirror_jsonlines
+        && kind == formats::RequestKind::JsonLines
+        && formats::accept_is_wildcard(header_str(headers, header::ACCEPT))
+    {
+        formats::ResponseFormat {
+            lines: true,
+            content_type: formats::JSONLINES.to_string(),
+        }
+    } else {
+        format
+    };
     let t_parse = Instant::now();
     state
         .metrics

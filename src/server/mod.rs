@@ -85,13 +85,13 @@ pub struct ServeArgs {
     /// actix-web worker threads (HTTP only; inference has its own threads).
     #[arg(long, env = "MASKSERVE_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
-    /// Response type when Accept is missing or */*.
-    #[arg(
-        long,
-        env = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
-        default_value = "application/json"
-    )]
-    pub default_accept: String,
+    /// Response type when Accept is missing or */* (default application/json; in a batch
+    /// transform, SAGEMAKER_BATCH=true, a JSON Lines request then gets JSON Lines back).
+    #[arg(long, env = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")]
+    pub default_accept: Option<String>,
+    /// Set by SageMaker in batch transform jobs.
+    #[arg(long, env = "SAGEMAKER_BATCH", hide = true)]
+    pub batch: Option<String>,
     /// Serve /metrics on this second port too (it is always on the main port). Ignored with a
     /// warning when outside SAGEMAKER_SAFE_PORT_RANGE.
     #[arg(long, env = "MASKSERVE_METRICS_PORT")]
@@ -194,7 +194,17 @@ impl ServeArgs {
             payload_limit: self.payload_limit()?,
             timeout: self.timeout()?,
             max_instances: self.max_instances,
-            default_accept: self.default_accept.clone(),
+            default_accept: self
+                .default_accept
+                .clone()
+                .unwrap_or_else(|| formats::JSON.to_string()),
+            // One output line per input line is what batch transform's SplitType=Line /
+            // AssembleWith=Line expects, so mirror JSON Lines unless a default was configured.
+            mirror_jsonlines: self.default_accept.is_none()
+                && self
+                    .batch
+                    .as_deref()
+                    .is_some_and(|b| b.trim().eq_ignore_ascii_case("true")),
             execution_parameters: self.execution_parameters()?,
         })
     }
