@@ -515,7 +515,7 @@ fn full_queue_is_503_with_retry_after() {
             let png = png.clone();
             std::thread::spawn(move || {
                 // Stagger so the first request occupies the worker before the rest arrive.
-                std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 300 }));
+                std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 600 }));
                 request(
                     port,
                     "POST",
