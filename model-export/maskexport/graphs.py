@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import roi_align
 
@@ -106,16 +108,34 @@ class SingleGraph(nn.Module):
     """The conventional layout: image [3,H,W] in [0,1] → boxes, labels, scores, 28×28 masks.
 
     Everything torchvision does except the mask paste (a Loop in ONNX), which the server does.
+    The resize is spelled out rather than traced from torchvision's transform: traced, its scale
+    is computed in float32 and can land one pixel short of eager PyTorch (e.g. 209 × 256/209 =
+    255.99998), so here the output size is computed in float64 like eager's Python floats.
     """
 
     def __init__(self, model: MaskRCNN) -> None:
         super().__init__()
         self.model = model
 
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        t = self.model.transform
+        hw = torch._shape_as_tensor(image)[1:].to(torch.float64)
+        # The exporter treats 0-d operands as scalars and computes them in float32; 1-element
+        # tensors keep the whole computation in float64.
+        lo = torch.tensor([float(t.min_size[-1])], dtype=torch.float64)
+        hi = torch.tensor([float(t.max_size)], dtype=torch.float64)
+        mn = torch.min(hw, dim=0, keepdim=True)[0]
+        mx = torch.max(hw, dim=0, keepdim=True)[0]
+        scale = torch.minimum(lo / mn, hi / mx)
+        size = torch.floor(hw * scale).to(torch.int64)
+        return F.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
         original = image.shape[-2:]
-        images, _ = m.transform([image])
+        resized = self._resize(m.transform.normalize(image))
+        size = resized.shape[-2:]
+        images = ImageList(m.transform.batch_images([resized]), [(size[0], size[1])])
         features = m.backbone(images.tensors)
         proposals, _ = m.rpn(images, features)
         detections, _ = m.roi_heads(features, proposals, images.image_sizes)
