@@ -1,0 +1,154 @@
+"""The floor: ONNX Runtime alone running the three graphs on inputs prepared beforehand.
+
+Run as its own process (so its CPU time and peak RSS are its own) by run.py:
+
+    python -m loadtests.bench.floor --model DIR --inputs floor-inputs.npz --workers 1 --threads 2 \
+        --duration 20 --rate-fractions 0.5,0.8
+
+Each worker thread owns one session set (like a maskserve inference worker); per image it runs
+graph (a) on the preprocessed tensor, graph (b) on (a)'s features and the proposals computed
+beforehand, graph (c) on the features and the detections computed beforehand. Nothing else is
+timed: no decoding, pre/post-processing, HTTP or JSON. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+Inputs = list[dict[str, np.ndarray]]
+
+
+def load_inputs(path: Path) -> Inputs:
+    z = np.load(path)
+    n = int(z["count"])
+    return [{k: z[f"{i}:{k}"] for k in ("batch", "rois", "det_rois", "labels")} for i in range(n)]
+
+
+class SessionSet:
+    def __init__(self, model_dir: Path, threads: int | None) -> None:
+        m = json.loads((model_dir / "model.json").read_text())
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        g = m["graphs"]
+        prov = ["CPUExecutionProvider"]
+        self.a = ort.InferenceSession(str(model_dir / g["backbone_rpn"]), so, providers=prov)
+        self.b = ort.InferenceSession(str(model_dir / g["box_head"]), so, providers=prov)
+        self.c = ort.InferenceSession(str(model_dir / g["mask_head"]), so, providers=prov)
+        self.features = list(g["feature_names"])
+        self.input = self.a.get_inputs()[0].name
+
+    def run(self, x: dict[str, np.ndarray]) -> None:
+        outs = self.a.run(self.features, {self.input: x["batch"]})
+        feats = dict(zip(self.features, outs))
+        if x["rois"].shape[0]:
+            self.b.run(None, {**feats, "rois": x["rois"]})
+        if x["det_rois"].shape[0]:
+            self.c.run(None, {**feats, "rois": x["det_rois"], "labels": x["labels"]})
+
+
+def saturation(sets: list[SessionSet], inputs: Inputs, duration: float) -> dict[str, Any]:
+    """Closed loop: every worker runs images back to back for `duration` seconds."""
+    stop = time.monotonic() + duration
+    done = [0] * len(sets)
+    lat: list[float] = []
+
+    def work(w: int) -> None:
+        i = w
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            sets[w].run(inputs[i % len(inputs)])
+            lat.append(time.perf_counter() - t)
+            done[w] += 1
+            i += len(sets)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(len(sets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"images_per_s": sum(done) / (time.monotonic() - t0), "count": sum(done), **percentiles(lat)}
+
+
+def open_loop(sets: list[SessionSet], inputs: Inputs, rate: float, duration: float) -> dict[str, Any]:
+    """Fixed arrival rate: image i is due at i / rate; latency counts from its due time."""
+    q: queue.Queue[tuple[int, float] | None] = queue.Queue()
+    lat: list[float] = []
+
+    def work(w: int) -> None:
+        while (job := q.get()) is not None:
+            i, due = job
+            sets[w].run(inputs[i % len(inputs)])
+            lat.append(time.perf_counter() - due)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(len(sets))]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    n = int(rate * duration)
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        q.put((i, due))
+    for _ in threads:
+        q.put(None)
+    for t in threads:
+        t.join()
+    return {"rate": rate, "count": n, **percentiles(lat)}
+
+
+def percentiles(lat: list[float]) -> dict[str, float]:
+    if not lat:
+        return {}
+    a = np.asarray(lat) * 1e3
+    return {f"p{q}_ms": float(np.percentile(a, q)) for q in (50, 95, 99)}
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--inputs", type=Path, required=True)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--rate-fractions", default="0.5,0.8", help="open-loop rates, as fractions of saturation")
+    a = ap.parse_args()
+    inputs = load_inputs(a.inputs)
+    sets = [SessionSet(a.model, a.threads or None) for _ in range(a.workers)]
+    for s in sets:  # warm-up
+        s.run(inputs[0])
+    out: dict[str, Any] = {}
+    c0, t0 = cpu_s(), time.monotonic()
+    out["saturation"] = saturation(sets, inputs, a.duration)
+    out["saturation"]["cpu_cores"] = (cpu_s() - c0) / (time.monotonic() - t0)
+    out["rates"] = []
+    sat = out["saturation"]["images_per_s"]
+    for r in [round(float(v) * sat, 3) for v in a.rate_fractions.split(",") if v]:
+        c0, t0 = cpu_s(), time.monotonic()
+        res = open_loop(sets, inputs, r, a.duration)
+        res["cpu_cores"] = (cpu_s() - c0) / (time.monotonic() - t0)
+        out["rates"].append(res)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""One benchmark run: the ONNX Runtime floor, maskserve over HTTP and the Python reference server,
+on the same machine and the same images, with the reference's answers checked against maskserve's.
+
+    python -m loadtests.bench.run --model models/shapes
+    python -m loadtests.bench.run --model model-export/work/r50 --hd 8 --duration 60
+
+Writes loadtests/results/bench-<name>.json and .md (the table) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import compare, images, procs, report
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "loadtests" / "reference_server"))
+from pipeline import Model, decode_image, preprocess  # noqa: E402
+
+
+def image_set(a: argparse.Namespace, out: Path) -> list[Path]:
+    if a.images:
+        files = sorted(p for p in a.images.iterdir() if p.suffix.lower() in images.EXTS)
+    else:
+        src = a.model / "samples"
+        if not src.is_dir():
+            src = ROOT / "model-export" / "work" / "samples-src" / "images"
+        d = out / (f"images-hd{a.hd}" if a.hd else f"images-{a.model.name}")
+        if not (d / "index.txt").exists():
+            if a.hd:
+                images.hd_jpegs(src, d, a.hd)
+            else:
+                images.png_and_jpeg(src, d, 8)
+        files = [d / n for n in (d / "index.txt").read_text().split()]
+    return files
+
+
+def of_type(files: list[Path], content_type: str, required: bool = True) -> list[Path]:
+    want = {"image/png": {".png"}, "image/jpeg": {".jpg", ".jpeg"}}.get(content_type, images.EXTS)
+    out = [p for p in files if p.suffix.lower() in want]
+    if not out and required:
+        raise SystemExit(f"no {content_type} images")
+    return out
+
+
+def floor_inputs(model_dir: Path, files: list[Path], path: Path) -> None:
+    """Preprocessed tensor, proposals and detections of each image, computed once (numpy + ORT)."""
+    m = Model(model_dir)
+    g = m.m["graphs"]
+    arrays: dict[str, np.ndarray] = {"count": np.array(len(files))}
+    names = [o.name for o in m.backbone.get_outputs()]
+    for i, f in enumerate(files):
+        pre = preprocess(decode_image(f.read_bytes()), m.m["preprocess"])
+        outs = dict(zip(names, m.backbone.run(None, {m.input_name: pre.batch})))
+        props = m.proposals(outs, (pre.batch.shape[2], pre.batch.shape[3]), pre.size)
+        feats = {n: outs[n] for n in g["feature_names"]}
+        rois = np.concatenate([np.zeros((len(props), 1), np.float32), props], axis=1)
+        boxes, _, labels = np.zeros((0, 4), np.float32), None, np.zeros(0, np.int64)
+        if len(props):
+            logits, regr = m.box_head.run(["class_logits", "box_regression"], {**feats, "rois": rois})
+            boxes, _, labels = m.detections(props, logits, regr, pre.size, {})
+        arrays[f"{i}:batch"] = pre.batch
+        arrays[f"{i}:rois"] = rois.astype(np.float32)
+        arrays[f"{i}:det_rois"] = np.concatenate([np.zeros((len(boxes), 1), np.float32), boxes], axis=1)
+        arrays[f"{i}:labels"] = labels.astype(np.int64)
+    np.savez(path, **arrays)
+
+
+def k6(scenario: str, url: str, files: list[Path], out: Path, env: dict[str, str]) -> dict[str, Any]:
+    summary = out / f"k6-{scenario}-{int(time.time() * 1000)}.json"
+    full = {
+        **os.environ,
+        "K6_NO_USAGE_REPORT": "true",
+        "TARGET_URL": url,
+        "IMAGE_FILES": ",".join(str(p.resolve()) for p in files),
+        "SUMMARY_FILE": str(summary),
+        "P95_MS": "600000",
+        "MAX_ERROR_RATE": "1",
+        "MIN_CHECK_RATE": "0",
+        "REQUEST_TIMEOUT": "600s",
+        **env,
+    }
+    subprocess.run(
+        ["k6", "run", "--quiet", str(ROOT / "loadtests" / "k6" / f"{scenario}.js")],
+        env=full,
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+    m = json.loads(summary.read_text())["metrics"]
+    d = m["http_req_duration"]["values"]
+    return {
+        "count": m["http_reqs"]["values"]["count"],
+        "images_per_s": m["http_reqs"]["values"]["rate"],
+        "failed": m.get("http_req_failed", {}).get("values", {}).get("rate", 0.0),
+        "checks": m.get("checks", {}).get("values", {}).get("rate", 0.0),
+        "dropped": m.get("dropped_iterations", {}).get("values", {}).get("count", 0),
+        "p50_ms": d["med"],
+        "p95_ms": d["p(95)"],
+        "p99_ms": d["p(99)"],
+    }
+
+
+def warm_up(url: str, files: list[Path], n: int) -> None:
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        list(ex.map(lambda i: compare.invoke(url, files[i % len(files)]), range(n)))
+
+
+def measure(srv: procs.Server, a: argparse.Namespace, files: list[Path], rates: list[float], out: Path) -> dict:
+    pid = srv.proc.pid
+    env = {"CONTENT_TYPE": a.content_type, "DURATION": f"{a.duration}s"}
+    c0, t0 = procs.cpu_seconds(pid), time.monotonic()
+    sat = k6("saturation", srv.url, files, out, {**env, "VUS": str(a.vus)})
+    sat["cpu_cores"] = (procs.cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    res: dict[str, Any] = {"saturation": sat, "rates": []}
+    for r in rates:
+        c0, t0 = procs.cpu_seconds(pid), time.monotonic()
+        vus = str(max(4, int(r * 4) + 2))
+        x = k6("constant", srv.url, files, out, {**env, "RATE": str(r), "VUS": vus})
+        x["rate"] = r
+        x["cpu_cores"] = (procs.cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+        res["rates"].append(x)
+    res["peak_rss_mib"] = procs.peak_rss_mib(pid)
+    return res
+
+
+def start_maskserve(a: argparse.Namespace, out: Path) -> procs.Server:
+    port = procs.free_port()
+    cmd = [str(a.maskserve_bin), "serve", "--model-dir", str(a.model), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--device", "cpu", "--workers", str(a.workers), "--http-workers", str(a.http_workers)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    cmd += a.maskserve_arg
+    return procs.start("maskserve", cmd, port, out / "bench-maskserve.log")
+
+
+def start_reference(a: argparse.Namespace, out: Path) -> procs.Server:
+    port = procs.free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-w", str(a.workers), "--threads", "1", "-b", f"127.0.0.1:{port}"]
+    cmd += ["--timeout", "900", "--chdir", str(ROOT / "loadtests" / "reference_server"), "app:app"]
+    env = {"REF_MODEL_DIR": str(a.model.resolve()), "REF_THREADS": str(a.threads or 0)}
+    return procs.start("reference", cmd, port, out / "bench-reference.log", env)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        platform.processor(),
+    )
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "load_avg_at_start": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "shapes")
+    ap.add_argument("--images", type=Path, help="folder of images (default: PNG+JPEG of the model's samples)")
+    ap.add_argument("--hd", type=int, default=0, help="use N synthetic 1920x1080 JPEGs")
+    ap.add_argument("--content-type", default="image/jpeg", choices=["image/jpeg", "image/png"])
+    ap.add_argument("--workers", type=int, default=1, help="inference workers (maskserve) / gunicorn workers")
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per session (0: ORT's default)")
+    ap.add_argument("--http-workers", type=int, default=1)
+    ap.add_argument("--maskserve-arg", action="append", default=[], help="extra `maskserve serve` argument")
+    ap.add_argument("--duration", type=int, default=20, help="seconds per measurement")
+    ap.add_argument("--vus", type=int, default=4, help="closed-loop clients at saturation")
+    ap.add_argument("--rate-fractions", default="0.5,0.8", help="fixed arrival rates, fractions of the floor's")
+    ap.add_argument("--maskserve-bin", type=Path, default=ROOT / "target" / "release" / "maskserve")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    ap.add_argument("--name", default="")
+    a = ap.parse_args()
+    if not os.environ.get("ORT_DYLIB_PATH"):
+        lib = subprocess.run([str(ROOT / "scripts" / "ort-lib.sh")], check=True, capture_output=True, text=True)
+        os.environ["ORT_DYLIB_PATH"] = lib.stdout.strip()
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = a.name or (a.model.name + (f"-hd{a.hd}" if a.hd else ""))
+    all_files = image_set(a, a.out)
+    files = of_type(all_files, a.content_type)
+    result: dict[str, Any] = {
+        "command": " ".join(["python -m loadtests.bench.run", *sys.argv[1:]]),
+        "machine": machine(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "images": [str(p) for p in files],
+    }
+    print(f"== {len(files)} images; floor inputs", flush=True)
+    npz = a.out / f"floor-inputs-{name}.npz"
+    floor_inputs(a.model, files, npz)
+    print("== floor", flush=True)
+    cmd = [sys.executable, "-m", "loadtests.bench.floor", "--model", str(a.model), "--inputs", str(npz)]
+    cmd += ["--workers", str(a.workers), "--threads", str(a.threads), "--duration", str(a.duration)]
+    cmd += ["--rate-fractions", a.rate_fractions]
+    floor = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+    result["floor"] = floor
+    rates = [r["rate"] for r in floor["rates"]]
+
+    servers = [("maskserve", start_maskserve)] + ([] if a.skip_reference else [("reference", start_reference)])
+    up: dict[str, procs.Server] = {}
+    try:
+        for sname, fn in servers:
+            up[sname] = fn(a, a.out)
+            up[sname].wait_ready(600)
+            warm_up(up[sname].url, files, 2 * a.workers)
+        if "reference" in up:
+            print("== output check", flush=True)
+            result["check"] = {}
+            for ct in ("image/png", "image/jpeg"):
+                if subset := of_type(all_files, ct, required=False):
+                    result["check"][ct] = compare.check_servers(up["maskserve"].url, up["reference"].url, subset)
+            up["reference"].stop()
+        print("== maskserve", flush=True)
+        result["maskserve"] = measure(up["maskserve"], a, files, rates, a.out)
+        up["maskserve"].stop()
+        if "reference" in up:
+            up["reference"] = start_reference(a, a.out)
+            up["reference"].wait_ready(600)
+            warm_up(up["reference"].url, files, 2 * a.workers)
+            print("== reference", flush=True)
+            result["reference"] = measure(up["reference"], a, files, rates, a.out)
+    finally:
+        for s in up.values():
+            s.stop()
+    (a.out / f"bench-{name}.json").write_text(json.dumps(result, indent=2))
+    table = report.markdown(result)
+    (a.out / f"bench-{name}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
