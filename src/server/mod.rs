@@ -25,9 +25,8 @@ use clap::Args;
 use self::http::{AppState, Engine, ExecutionParameters, HttpSettings};
 use self::metrics::Metrics;
 use self::queue::{FaultInjection, InferenceQueue, Predict};
-use crate::model::Layout;
-use crate::pipeline::{Pipeline, PipelineConfig, DEFAULT_MAX_PIXELS};
-use crate::runtime::Device;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::server_args::ModelArgs;
 
 const MIB: usize = 1 << 20;
 /// InvokeEndpoint's body limit (6 MiB), the default when SAGEMAKER_MAX_PAYLOAD_IN_MB is unset.
@@ -38,27 +37,10 @@ const MAX_PAYLOAD_MB: u32 = 100;
 /// Flags of `maskserve serve`; each can also come from the environment variable shown.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Model directory (SM_MODEL_DIR is also read; default /opt/ml/model).
-    #[arg(long, env = "MASKSERVE_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
-    /// Execution provider to request.
-    #[arg(long, env = "MASKSERVE_DEVICE", value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-    /// Path of libonnxruntime.so.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    pub ort_lib: Option<PathBuf>,
-    /// Intra-op threads per ONNX Runtime session (default: ONNX Runtime's choice).
-    #[arg(long, env = "MASKSERVE_THREADS")]
-    pub threads: Option<usize>,
-    /// Inference workers, each with its own session set.
-    #[arg(long, env = "SAGEMAKER_MODEL_SERVER_WORKERS", default_value_t = 1)]
-    pub workers: usize,
-    /// Refuse images whose header declares more pixels than this (413).
-    #[arg(long, env = "MASKSERVE_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
-    /// Graph layout: split (three graphs, Rust NMS/paste) or single (maskrcnn.onnx).
-    #[arg(long, env = "MASKSERVE_LAYOUT", value_enum, default_value_t = Layout::Split)]
-    pub layout: Layout,
+    /// How to load the model (shared with `predict`): --model/--model-dir, --device,
+    /// --threads, --workers/--sessions, --max-pixels, --layout, --ort-lib.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Port to listen on (SageMaker sets SAGEMAKER_BIND_TO_PORT for multi-container models).
     #[arg(long, env = "SAGEMAKER_BIND_TO_PORT", default_value_t = 8080)]
     pub port: u16,
@@ -123,10 +105,12 @@ fn env_nonempty(name: &str) -> Option<String> {
 impl ServeArgs {
     /// The model directory: flag / MASKSERVE_MODEL_DIR, then SM_MODEL_DIR, then /opt/ml/model.
     pub fn resolved_model_dir(&self) -> PathBuf {
-        self.model_dir
-            .clone()
-            .or_else(|| env_nonempty("SM_MODEL_DIR").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/opt/ml/model"))
+        self.model.model_dir()
+    }
+
+    /// Inference workers = session sets (see [`ModelArgs::workers`]), at least 1.
+    pub fn workers(&self) -> usize {
+        self.model.workers().max(1)
     }
 
     fn timeout(&self) -> Result<Duration> {
@@ -169,7 +153,7 @@ impl ServeArgs {
         let concurrent = env_nonempty("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|&v| v > 0)
-            .unwrap_or(self.workers.max(1) as u32);
+            .unwrap_or(self.workers() as u32);
         // SageMaker requires MaxConcurrentTransforms × MaxPayloadInMB ≤ 100.
         let concurrent = concurrent.min((MAX_PAYLOAD_MB / payload.max(1)).max(1));
         let strategy = match env_nonempty("SAGEMAKER_BATCH_STRATEGY")
@@ -265,19 +249,14 @@ impl Predict for Pipeline {
 
 /// Loads the pipeline and starts the inference workers (runs on a background thread).
 fn load_engine(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Engine> {
-    let model_dir = args.resolved_model_dir();
-    let workers = args.workers.max(1);
+    let workers = args.workers();
     // One session set per worker: each worker thread runs one image at a time, so more sets
     // would sit idle and fewer would make workers wait on the pool.
     let config = PipelineConfig {
-        model_dir: model_dir.clone(),
-        ort_lib: args.ort_lib.clone(),
-        device: args.device,
-        threads: args.threads,
         sessions: workers,
-        max_pixels: args.max_pixels,
-        layout: args.layout,
+        ..args.model.config()
     };
+    let model_dir = config.model_dir.clone();
     let pipeline = Pipeline::load(&config)
         .with_context(|| format!("loading the model from {}", model_dir.display()))?;
     let execution_provider = pipeline.execution_provider().to_string();
@@ -324,7 +303,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     tracing::info!(
         address = %local,
         model_dir = %args.resolved_model_dir().display(),
-        workers = args.workers,
+        workers = args.workers(),
         payload_limit = settings.payload_limit,
         timeout_s = settings.timeout.as_secs_f64(),
         "listening; loading the model"
@@ -467,6 +446,20 @@ mod tests {
             .unwrap();
         assert_eq!(p.max_concurrent_transforms, 2);
         assert!(p.max_concurrent_transforms * p.max_payload_in_mb <= 100);
+    }
+
+    #[test]
+    fn model_flags_are_shared_with_predict() {
+        let a = args(&["--model-dir", "/m", "--sessions", "3", "--max-pixels", "10"]);
+        assert_eq!(a.resolved_model_dir(), PathBuf::from("/m"));
+        assert_eq!(a.workers(), 3);
+        let a = args(&["--model", "/n", "--workers", "2"]);
+        assert_eq!(a.resolved_model_dir(), PathBuf::from("/n"));
+        assert_eq!(a.workers(), 2);
+        assert_eq!(
+            a.model.config().max_pixels,
+            crate::pipeline::DEFAULT_MAX_PIXELS
+        );
     }
 
     #[test]
