@@ -34,7 +34,7 @@ pub struct PipelineConfig {
     /// libonnxruntime; `None` = `ORT_DYLIB_PATH`.
     pub ort_lib: Option<PathBuf>,
     pub device: Device,
-    /// Intra-op threads per session; `None` = ONNX Runtime's default.
+    /// Intra-op threads per session; `None` = the available CPUs / `sessions`.
     pub threads: Option<usize>,
     /// Session sets in the pool = requests that run graphs concurrently.
     pub sessions: usize,
@@ -141,8 +141,18 @@ impl Pipeline {
         let manifest = Manifest::load(&cfg.model_dir)?;
         let graphs = manifest.graph_paths(&cfg.model_dir, cfg.layout)?;
         let opts = SessionOptions {
-            intra_threads: cfg.threads,
+            intra_threads: Some(
+                cfg.threads
+                    .unwrap_or_else(|| runtime::default_intra_threads(cfg.sessions)),
+            ),
+            spinning: runtime::spinning_from_env(),
         };
+        tracing::info!(
+            intra_threads = ?opts.intra_threads,
+            spinning = opts.spinning,
+            sessions = cfg.sessions,
+            "ONNX Runtime threads"
+        );
         if cfg.sessions == 0 {
             bail!("--sessions must be at least 1");
         }

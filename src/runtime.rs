@@ -118,6 +118,25 @@ fn provider_hint(provider_lib: &str) -> String {
 
 pub struct SessionOptions {
     pub intra_threads: Option<usize>,
+    /// Whether ONNX Runtime's pool threads busy-wait for work after each parallel section.
+    pub spinning: bool,
+}
+
+/// Intra-op threads when none are configured: the CPUs this process may use (cgroup quota and
+/// affinity included, unlike ONNX Runtime's own default, which counts the host's cores) shared
+/// among the session sets that run concurrently, so `workers × threads` never exceeds the CPUs.
+pub fn default_intra_threads(concurrent_sessions: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / concurrent_sessions.max(1)).max(1)
+}
+
+/// `MASKSERVE_ORT_SPINNING=1` lets ONNX Runtime's pool threads spin between parallel sections.
+/// Off by default: the spinning threads take the CPU from the decode / NMS / paste stages and
+/// from the other workers' sessions (measured in BENCHMARKS.md).
+pub fn spinning_from_env() -> bool {
+    std::env::var("MASKSERVE_ORT_SPINNING")
+        .map(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
 }
 
 fn base_builder(env: &Environment, o: &SessionOptions) -> Result<SessionBuilder> {
@@ -127,6 +146,11 @@ fn base_builder(env: &Environment, o: &SessionOptions) -> Result<SessionBuilder>
             .with_intra_threads(n)
             .map_err(|e| anyhow!("setting {n} intra-op threads: {e}"))?;
     }
+    b = b
+        .with_intra_op_spinning(o.spinning)
+        .map_err(|e| anyhow!("setting intra-op spinning: {e}"))?
+        .with_inter_op_spinning(o.spinning)
+        .map_err(|e| anyhow!("setting inter-op spinning: {e}"))?;
     Ok(b)
 }
 
