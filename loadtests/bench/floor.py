@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import resource
 import threading
@@ -35,11 +36,9 @@ def load_inputs(path: Path) -> Inputs:
 
 
 class SessionSet:
-    def __init__(self, model_dir: Path, threads: int | None) -> None:
+    def __init__(self, model_dir: Path, threads: int, spinning: bool) -> None:
         m = json.loads((model_dir / "model.json").read_text())
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
+        so = session_options(threads, spinning)
         g = m["graphs"]
         prov = ["CPUExecutionProvider"]
         self.a = ort.InferenceSession(str(model_dir / g["backbone_rpn"]), so, providers=prov)
@@ -55,6 +54,21 @@ class SessionSet:
             self.b.run(None, {**feats, "rois": x["rois"]})
         if x["det_rois"].shape[0]:
             self.c.run(None, {**feats, "rois": x["det_rois"], "labels": x["labels"]})
+
+
+def default_threads(workers: int) -> int:
+    """maskserve's default: the CPUs this process may use, shared among the workers."""
+    return max(len(os.sched_getaffinity(0)) // max(workers, 1), 1)
+
+
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """The options maskserve gives its sessions (runtime.rs)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    flag = "1" if spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+    so.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    return so
 
 
 def saturation(sets: list[SessionSet], inputs: Inputs, duration: float) -> dict[str, Any]:
@@ -127,15 +141,17 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--inputs", type=Path, required=True)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="0: maskserve's default (CPUs / workers)")
+    ap.add_argument("--spinning", action="store_true", help="let ORT pool threads spin (MASKSERVE_ORT_SPINNING=1)")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--rate-fractions", default="0.5,0.8", help="open-loop rates, as fractions of saturation")
     a = ap.parse_args()
     inputs = load_inputs(a.inputs)
-    sets = [SessionSet(a.model, a.threads or None) for _ in range(a.workers)]
+    threads = a.threads or default_threads(a.workers)
+    sets = [SessionSet(a.model, threads, a.spinning) for _ in range(a.workers)]
     for s in sets:  # warm-up
         s.run(inputs[0])
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"threads": threads, "spinning": a.spinning}
     c0, t0 = cpu_s(), time.monotonic()
     out["saturation"] = saturation(sets, inputs, a.duration)
     out["saturation"]["cpu_cores"] = (cpu_s() - c0) / (time.monotonic() - t0)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import compare, images, procs, report
+from . import compare, floor, images, procs, report
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "loadtests" / "reference_server"))
@@ -141,14 +141,19 @@ def start_maskserve(a: argparse.Namespace, out: Path) -> procs.Server:
     if a.threads:
         cmd += ["--threads", str(a.threads)]
     cmd += a.maskserve_arg
-    return procs.start("maskserve", cmd, port, out / "bench-maskserve.log")
+    env = {"MASKSERVE_ORT_SPINNING": "1" if a.spinning else "0"}
+    return procs.start("maskserve", cmd, port, out / "bench-maskserve.log", env)
 
 
 def start_reference(a: argparse.Namespace, out: Path) -> procs.Server:
     port = procs.free_port()
     cmd = [sys.executable, "-m", "gunicorn", "-w", str(a.workers), "--threads", "1", "-b", f"127.0.0.1:{port}"]
     cmd += ["--timeout", "900", "--chdir", str(ROOT / "loadtests" / "reference_server"), "app:app"]
-    env = {"REF_MODEL_DIR": str(a.model.resolve()), "REF_THREADS": str(a.threads or 0)}
+    env = {
+        "REF_MODEL_DIR": str(a.model.resolve()),
+        "REF_THREADS": str(a.threads or floor.default_threads(a.workers)),
+        "REF_SPINNING": "1" if a.spinning else "0",
+    }
     return procs.start("reference", cmd, port, out / "bench-reference.log", env)
 
 
@@ -167,7 +172,8 @@ def main() -> None:
     ap.add_argument("--hd", type=int, default=0, help="use N synthetic 1920x1080 JPEGs")
     ap.add_argument("--content-type", default="image/jpeg", choices=["image/jpeg", "image/png"])
     ap.add_argument("--workers", type=int, default=1, help="inference workers (maskserve) / gunicorn workers")
-    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per session (0: ORT's default)")
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per session (0: CPUs / workers)")
+    ap.add_argument("--spinning", action="store_true", help="let ORT's pool threads spin (MASKSERVE_ORT_SPINNING=1)")
     ap.add_argument("--http-workers", type=int, default=1)
     ap.add_argument("--maskserve-arg", action="append", default=[], help="extra `maskserve serve` argument")
     ap.add_argument("--duration", type=int, default=20, help="seconds per measurement")
@@ -197,10 +203,10 @@ def main() -> None:
     print("== floor", flush=True)
     cmd = [sys.executable, "-m", "loadtests.bench.floor", "--model", str(a.model), "--inputs", str(npz)]
     cmd += ["--workers", str(a.workers), "--threads", str(a.threads), "--duration", str(a.duration)]
-    cmd += ["--rate-fractions", a.rate_fractions]
-    floor = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
-    result["floor"] = floor
-    rates = [r["rate"] for r in floor["rates"]]
+    cmd += ["--rate-fractions", a.rate_fractions] + (["--spinning"] if a.spinning else [])
+    floor_res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+    result["floor"] = floor_res
+    rates = [r["rate"] for r in floor_res["rates"]]
 
     servers = [("maskserve", start_maskserve)] + ([] if a.skip_reference else [("reference", start_reference)])
     up: dict[str, procs.Server] = {}

@@ -1,6 +1,6 @@
 """The reference server: Flask under gunicorn, as the seed's SageMaker container served the model.
 
-    REF_MODEL_DIR=models/shapes REF_THREADS=1 gunicorn -w 2 -b 127.0.0.1:8081 \
+    REF_MODEL_DIR=models/shapes REF_THREADS=1 REF_SPINNING=0 gunicorn -w 2 -b 127.0.0.1:8081 \
         --chdir loadtests/reference_server app:app
 
 Same contract as maskserve for what the benchmark sends: GET /ping; POST /invocations with an
@@ -27,7 +27,9 @@ def model() -> Model:
     global _model
     if _model is None:
         threads = int(os.environ.get("REF_THREADS", "0")) or None
-        _model = Model(Path(os.environ.get("REF_MODEL_DIR", "/opt/ml/model")), threads)
+        spin = os.environ.get("REF_SPINNING")
+        spinning = None if spin is None else spin == "1"
+        _model = Model(Path(os.environ.get("REF_MODEL_DIR", "/opt/ml/model")), threads, spinning)
     return _model
 
 

@@ -203,12 +203,16 @@ def paste_mask(probs: np.ndarray, box: np.ndarray, im_h: int, im_w: int, thr: fl
 class Model:
     """The three split graphs plus the manifest; one instance per worker process."""
 
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: Path, threads: int | None = None, spinning: bool | None = None) -> None:
         self.dir = Path(model_dir)
         self.m: dict[str, Any] = json.loads((self.dir / "model.json").read_text())
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        if spinning is not None:
+            flag = "1" if spinning else "0"
+            so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+            so.add_session_config_entry("session.inter_op.allow_spinning", flag)
         g = self.m["graphs"]
         prov = ["CPUExecutionProvider"]
         self.backbone = ort.InferenceSession(str(self.dir / g["backbone_rpn"]), so, providers=prov)
