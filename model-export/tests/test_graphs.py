@@ -16,6 +16,13 @@ from maskexport.model import build_model
 ARCHS = [("tiny-fpn", 4), ("resnet50-fpn", 91)]
 
 
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Float32 agreement relative to the tensor's scale: deep random-weight nets (R50) produce
+    values near 10 whose last bits differ between PyTorch and ONNX Runtime kernels."""
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * scale)
+
+
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -51,7 +58,7 @@ def test_backbone_rpn_matches(exported: tuple) -> None:
     want = [feats[k] for k in model.roi_heads.box_roi_pool.featmap_names] + obj + deltas
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w.numpy(), rtol=1e-3, atol=1e-4)
+        assert_close(g, w.numpy())
 
 
 def _rois_and_features(model: torch.nn.Module, m: dict) -> tuple:
@@ -79,8 +86,8 @@ def test_box_head_matches_torchvision_multiscale_roi_align(exported: tuple) -> N
     with torch.no_grad():
         pooled = rh.box_roi_pool(OrderedDict(feats), per_image, sizes)
         want_logits, want_reg = rh.box_predictor(rh.box_head(pooled))
-    np.testing.assert_allclose(logits, want_logits.numpy(), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(reg, want_reg.numpy(), rtol=1e-3, atol=1e-4)
+    assert_close(logits, want_logits.numpy())
+    assert_close(reg, want_reg.numpy())
 
 
 def test_mask_head_matches_torchvision(exported: tuple) -> None:
@@ -97,7 +104,7 @@ def test_mask_head_matches_torchvision(exported: tuple) -> None:
         logits = rh.mask_predictor(rh.mask_head(pooled))
     want = logits[torch.arange(len(labels)), labels][:, None]
     assert got.shape == tuple(want.shape)
-    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)
+    assert_close(got, want.numpy())
 
 
 def test_split_graphs_have_no_data_dependent_ops(exported: tuple) -> None:
