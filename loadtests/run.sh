@@ -101,7 +101,7 @@ done
 ) >"$results/$scenario-server-usage.csv" &
 sampler=$!
 
-echo "== k6 $scenario against $url ($model, ${CONTENT_TYPE:-default content type})"
+echo "== k6 $scenario against $url ($model)"
 set +e
 K6_NO_USAGE_REPORT=true TARGET_URL=$url IMAGE_FILES=$files \
   SUMMARY_FILE=$results/$scenario-summary.json \

@@ -143,7 +143,8 @@ function fmt(v) {
 export function summary(name, data) {
   const m = data.metrics;
   const d = (m.http_req_duration && m.http_req_duration.values) || {};
-  const lines = [`scenario ${name} against ${TARGET} (${CONTENT_TYPE})`];
+  const what = name === 'smoke' ? KINDS.join(', ') : CONTENT_TYPE;
+  const lines = [`scenario ${name} against ${TARGET} (${what})`];
   lines.push(`  requests ${m.http_reqs ? m.http_reqs.values.count : 0}, rate ${fmt(m.http_reqs ? m.http_reqs.values.rate : 0)}/s`);
   lines.push(`  failed ${fmt(m.http_req_failed ? m.http_req_failed.values.rate : 0)}, checks ${fmt(m.checks ? m.checks.values.rate : 0)}`);
   lines.push(`  latency ms: p50 ${fmt(d.med)} p90 ${fmt(d['p(90)'])} p95 ${fmt(d['p(95)'])} p99 ${fmt(d['p(99)'])} max ${fmt(d.max)}`);
