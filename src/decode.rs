@@ -159,6 +159,24 @@ mod tests {
     }
 
     #[test]
+    fn cmyk_jpeg_is_converted_to_rgb() {
+        // 96x64, written by Pillow (Adobe APP14, inverted CMYK): red disc around (30, 30),
+        // blue square around (75, 35), dark background.
+        let d = decode(include_bytes!("../tests/data/cmyk.jpg"), 1 << 20).unwrap();
+        assert_eq!((d.width, d.height), (96, 64));
+        let px = |x: usize, y: usize| {
+            let i = (y * d.width + x) * 3;
+            [d.data[i], d.data[i + 1], d.data[i + 2]]
+        };
+        let [r, g, b] = px(30, 30);
+        assert!(r > 180 && g < 90 && b < 90, "disc {:?}", px(30, 30));
+        let [r, g, b] = px(75, 35);
+        assert!(b > 180 && r < 90 && g < 90, "square {:?}", px(75, 35));
+        let [r, g, b] = px(2, 60);
+        assert!(r < 70 && g < 70 && b < 70, "background {:?}", px(2, 60));
+    }
+
+    #[test]
     fn jpeg_exif_orientation_rotates() {
         // 4x2 JPEG with EXIF orientation 6 (rotate 90° clockwise) → 2x4.
         let img =

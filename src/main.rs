@@ -113,6 +113,7 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
         mask_threshold: a.mask_threshold,
         max_detections: a.max_detections,
         mask_format: a.mask_format.into(),
+        ..Default::default()
     };
     let files: Vec<Vec<u8>> = a
         .images

@@ -378,6 +378,10 @@ impl Pipeline {
             )])
             .map_err(inference("backbone_rpn"))?;
         timings.backbone_rpn = ms(t);
+        if opts.debug_panic {
+            // Mid-pipeline, with a session set checked out: the checkout guard must return it.
+            panic!("debug_panic requested (--debug-allow-panic)");
+        }
 
         // Proposals
         let t = Instant::now();
@@ -608,6 +612,9 @@ impl Pipeline {
                 )])
                 .map_err(inference("single graph"))?;
             timings.backbone_rpn = ms(t);
+            if opts.debug_panic {
+                panic!("debug_panic requested (--debug-allow-panic)");
+            }
             let t = Instant::now();
             let (_, boxes) = f32_output(&outs, "boxes")?;
             let (_, scores) = f32_output(&outs, "scores")?;

@@ -24,6 +24,10 @@ pub struct PredictOptions {
     pub mask_threshold: Option<f32>,
     pub max_detections: Option<usize>,
     pub mask_format: MaskFormat,
+    /// Test hook: panic inside the pipeline while holding a session set (the server sets it
+    /// only with the hidden `--debug-allow-panic` flag and a `debug_panic=1` custom attribute).
+    #[doc(hidden)]
+    pub debug_panic: bool,
 }
 
 /// COCO RLE with compressed counts.

@@ -275,6 +275,17 @@ pub fn parse_custom_attributes(header: &str) -> OptionOverrides {
     out
 }
 
+/// True when the custom attributes carry `debug_panic=1` (or `true`): the test hook of
+/// `--debug-allow-panic`, ignored by a server started without that flag.
+pub fn debug_panic_requested(header: &str) -> bool {
+    header.split([',', ';']).any(|pair| {
+        pair.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("debug_panic")
+                && matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true")
+        })
+    })
+}
+
 /// Reads options from a JSON object. Unlike the header, a body the client wrote on purpose
 /// gets a 400 for an invalid value. Numbers may be given as numbers or numeric strings (the
 /// seed's clients send either).
@@ -734,6 +745,15 @@ mod tests {
             }],
             timings: StageTimings::default(),
         }
+    }
+
+    #[test]
+    fn debug_panic_attribute() {
+        assert!(debug_panic_requested("a=b, debug_panic=1"));
+        assert!(debug_panic_requested("DEBUG_PANIC = true"));
+        assert!(!debug_panic_requested("debug_panic=2;x=1"));
+        assert!(!debug_panic_requested("debug_panic"));
+        assert!(!debug_panic_requested(""));
     }
 
     #[test]

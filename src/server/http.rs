@@ -49,6 +49,11 @@ pub struct HttpSettings {
     pub payload_limit: usize,
     pub timeout: Duration,
     pub max_instances: usize,
+    /// Longest wait for the next piece of the request body (408 after it): a client that
+    /// stalls mid-body is cut off instead of holding its connection open indefinitely.
+    pub body_timeout: Duration,
+    /// Honour the `debug_panic=1` custom attribute (hidden `--debug-allow-panic` test hook).
+    pub allow_debug_panic: bool,
     pub default_accept: String,
     /// Answer a JSON Lines request in JSON Lines when Accept is missing or a wildcard.
     pub mirror_jsonlines: bool,
@@ -150,11 +155,15 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&s
 
 /// Reads the body up to `limit` bytes. Past the limit it keeps reading (and dropping) up to
 /// [`DRAIN_CAP`] more, so that an ordinary client that writes its whole body before reading
-/// sees the 413 rather than a connection reset.
+/// sees the 413 rather than a connection reset. A body that stalls for `idle` or is not
+/// complete by `deadline` is a 408: a slow or stuck client never reaches the inference queue
+/// and only costs an idle socket until then.
 async fn read_body(
     mut payload: web::Payload,
     limit: usize,
     content_length: Option<usize>,
+    idle: Duration,
+    deadline: Instant,
 ) -> Result<Vec<u8>, ApiError> {
     let too_large = |n: usize| {
         ApiError::payload_too_large(format!(
@@ -168,7 +177,26 @@ async fn read_body(
     }
     let mut buf = Vec::with_capacity(content_length.unwrap_or(0).min(limit));
     let mut total = 0usize;
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let wait_until = (Instant::now() + idle).min(deadline);
+        let next = match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(wait_until),
+            payload.next(),
+        )
+        .await
+        {
+            Ok(next) => next,
+            Err(_) => {
+                return Err(ApiError::request_timeout(format!(
+                    "the request body was not received in time ({total} bytes arrived{}); \
+                         send the whole body promptly",
+                    content_length
+                        .map(|n| format!(" of {n}"))
+                        .unwrap_or_default()
+                )))
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
         total = total.saturating_add(chunk.len());
@@ -205,12 +233,22 @@ async fn invocations(
         // Refuse an unsupported type before reading a possibly large body.
         formats::request_kind(content_type.as_deref(), b"")?;
     }
-    let header_options = header_str(headers, CUSTOM_ATTRIBUTES_HEADER)
+    let attributes = header_str(headers, CUSTOM_ATTRIBUTES_HEADER);
+    let header_options = attributes
         .map(formats::parse_custom_attributes)
         .unwrap_or_default();
+    let debug_panic =
+        settings.allow_debug_panic && attributes.is_some_and(formats::debug_panic_requested);
     let content_length = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
 
-    let body = read_body(payload, settings.payload_limit, content_length).await?;
+    let body = read_body(
+        payload,
+        settings.payload_limit,
+        content_length,
+        settings.body_timeout,
+        deadline,
+    )
+    .await?;
     let kind = formats::request_kind(content_type.as_deref(), &body)?;
     let format = if settings.mirror_jsonlines
         && kind == formats::RequestKind::JsonLines
@@ -243,7 +281,8 @@ async fn invocations(
 
     let items: Vec<_> = (0..parsed.instances.len())
         .map(|i| {
-            let opts = parsed.options_for(i, &header_options);
+            let mut opts = parsed.options_for(i, &header_options);
+            opts.debug_panic = debug_panic;
             (std::mem::take(&mut parsed.instances[i].image), opts)
         })
         .collect();

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// read too).
     #[arg(long, env = "SAGEMAKER_MODEL_SERVER_TIMEOUT")]
     pub timeout: Option<f64>,
+    /// Seconds the server waits for the next piece of a request body before answering 408
+    /// (the whole body must also arrive within --timeout).
+    #[arg(long, env = "MASKSERVE_BODY_TIMEOUT", default_value_t = 15.0)]
+    pub body_timeout: f64,
     /// Body limit in MiB (batch transform sets it; default 6, at most 100).
     #[arg(long, env = "SAGEMAKER_MAX_PAYLOAD_IN_MB")]
     pub max_payload_mb: Option<u32>,
@@ -93,6 +97,10 @@ pub struct ServeArgs {
     /// Test hook: fail every inference with a 500.
     #[arg(long, env = "MASKSERVE_DEBUG_FAIL_INFERENCE", hide = true)]
     pub debug_fail_inference: bool,
+    /// Test hook: a request with the custom attribute `debug_panic=1` panics inside the
+    /// pipeline (to test that a panic costs one 500 and nothing else).
+    #[arg(long, env = "MASKSERVE_DEBUG_ALLOW_PANIC", hide = true)]
+    pub debug_allow_panic: bool,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -174,10 +182,18 @@ impl ServeArgs {
         if self.max_instances == 0 {
             bail!("--max-instances must be at least 1");
         }
+        if !(self.body_timeout.is_finite() && self.body_timeout > 0.0) {
+            bail!(
+                "--body-timeout must be a positive number of seconds, got {}",
+                self.body_timeout
+            );
+        }
         Ok(HttpSettings {
             payload_limit: self.payload_limit()?,
             timeout: self.timeout()?,
             max_instances: self.max_instances,
+            body_timeout: Duration::from_secs_f64(self.body_timeout),
+            allow_debug_panic: self.debug_allow_panic,
             default_accept: self
                 .default_accept
                 .clone()
