@@ -21,19 +21,8 @@ TAG=""
 IMAGES="gpu,cpu,train"
 PLATFORM="linux/amd64"
 
-usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-run() {
-  if [[ "${DRY_RUN}" -eq 1 ]]; then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/../docker/build-steps/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../docker/build-steps/common.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in

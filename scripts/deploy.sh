@@ -26,19 +26,8 @@ TIMEOUT="60m"
 RENDER_ARGS=()
 KUBECTL=(kubectl)
 
-usage() {
-  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-run() {
-  if [[ "${DRY_RUN}" -eq 1 ]]; then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/../docker/build-steps/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../docker/build-steps/common.sh"
 
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do

@@ -25,19 +25,8 @@ KEEP=0
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 WORKDIR="./coco-download"
 
-usage() {
-  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-run() {
-  if [[ "${DRY_RUN}" -eq 1 ]]; then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/../docker/build-steps/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../docker/build-steps/common.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in

@@ -16,7 +16,9 @@ echo "== lints"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
 (cd model-export && "$PY" -m ruff check . && "$PY" -m ruff format --check .)
-"$PY" -m ruff check --no-cache tests scripts $(ls -d loadtests 2>/dev/null)
+lint_dirs=(tests scripts)
+[[ -d loadtests ]] && lint_dirs+=(loadtests)
+"$PY" -m ruff check --no-cache "${lint_dirs[@]}"
 
 echo "== Rust tests"
 cargo build --locked --release --quiet

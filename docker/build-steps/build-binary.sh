@@ -12,19 +12,8 @@ DRY_RUN=0
 SRC="."
 CARGO="${CARGO:-cargo}"
 
-usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-}
-
-run() {
-  if [[ "${DRY_RUN}" -eq 1 ]]; then
-    printf '+'
-    printf ' %q' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=SCRIPTDIR/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
