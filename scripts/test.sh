@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 
 echo "== installing Python dependencies"
 "$PY" -m pip install --quiet --disable-pip-version-check -r model-export/requirements.txt \
-  -r tests/deploy/requirements.txt 2>&1 | grep -v "running pip as the 'root' user" || true
+  -r tests/deploy/requirements.txt -r loadtests/requirements.txt 2>&1 | grep -v "running pip as the 'root' user" || true
 ORT_DYLIB_PATH=$(scripts/ort-lib.sh)
 export ORT_DYLIB_PATH
 

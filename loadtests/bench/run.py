@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -91,12 +92,14 @@ def k6(scenario: str, url: str, files: list[Path], out: Path, env: dict[str, str
         "REQUEST_TIMEOUT": "600s",
         **env,
     }
+    c0, t0 = children_cpu(), time.monotonic()
     subprocess.run(
         ["k6", "run", "--quiet", str(ROOT / "loadtests" / "k6" / f"{scenario}.js")],
         env=full,
         check=False,
         stdout=subprocess.DEVNULL,
     )
+    client_cores = (children_cpu() - c0) / (time.monotonic() - t0)
     m = json.loads(summary.read_text())["metrics"]
     d = m["http_req_duration"]["values"]
     return {
@@ -108,7 +111,13 @@ def k6(scenario: str, url: str, files: list[Path], out: Path, env: dict[str, str
         "p50_ms": d["med"],
         "p95_ms": d["p(95)"],
         "p99_ms": d["p(99)"],
+        "client_cpu_cores": client_cores,
     }
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def warm_up(url: str, files: list[Path], n: int) -> None:
