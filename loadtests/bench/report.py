@@ -55,7 +55,8 @@ def markdown(res: dict[str, Any]) -> str:
     for kind, c in res.get("check", {}).items():
         out += (
             f"\noutput check, {kind} (maskserve vs reference): {c['identical']}/{c['images']} images identical, "
-            f"{c['matched']}/{c['detections']} detections matched (same label, box IoU ≥ 0.99, mask IoU ≥ 0.97); "
+            f"{c['matched']}/{c['detections']} detections matched (same label, box IoU ≥ 0.99, mask IoU ≥ 0.97), "
+            f"{c['confident_matched']}/{c['confident']} of those with score ≥ 0.5; "
             f"worst box IoU {c['min_box_iou']:.4f}, worst mask IoU {c['min_mask_iou']:.4f}\n"
         )
     return out

@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="inference workers (maskserve) / gunicorn workers")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per session (0: CPUs / workers)")
     ap.add_argument("--spinning", action="store_true", help="let ORT's pool threads spin (MASKSERVE_ORT_SPINNING=1)")
-    ap.add_argument("--http-workers", type=int, default=1)
+    ap.add_argument("--http-workers", type=int, default=2, help="maskserve --http-workers")
     ap.add_argument("--maskserve-arg", action="append", default=[], help="extra `maskserve serve` argument")
     ap.add_argument("--duration", type=int, default=20, help="seconds per measurement")
     ap.add_argument("--vus", type=int, default=4, help="closed-loop clients at saturation")
