@@ -52,6 +52,9 @@ def markdown(res: dict[str, Any]) -> str:
         out += f"\nmaskserve / reference: throughput {_ratio(ms['saturation']['images_per_s'], ref_tp)}"
         out += f", reference p50 / maskserve p50 {', '.join(p50)}, CPU per image {_ratio(cpu_ms, cpu_ref)}"
         out += f", peak RSS {_ratio(ms['peak_rss_mib'], ref['peak_rss_mib'])}\n"
+    if ms and ms.get("stage_mean_ms"):
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in ms["stage_mean_ms"].items())
+        out += f"\nmaskserve mean ms per stage (/metrics, whole run): {stages}\n"
     for kind, c in res.get("check", {}).items():
         out += (
             f"\noutput check, {kind} (maskserve vs reference): {c['identical']}/{c['images']} images identical, "

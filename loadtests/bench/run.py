@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,25 @@ def measure(srv: procs.Server, a: argparse.Namespace, files: list[Path], rates: 
         x["cpu_cores"] = (procs.cpu_seconds(pid) - c0) / (time.monotonic() - t0)
         res["rates"].append(x)
     res["peak_rss_mib"] = procs.peak_rss_mib(pid)
+    if srv.name == "maskserve":
+        res["stage_mean_ms"] = stage_means(srv.url)
     return res
+
+
+def stage_means(url: str) -> dict[str, float]:
+    """Mean milliseconds per stage over the whole run, from maskserve's /metrics histograms."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            head = f"maskserve_stage_duration_seconds{suffix}{{"
+            if line.startswith(head):
+                labels, value = line[len(head) :].rsplit("} ", 1)
+                stage = labels.split('stage="', 1)[1].split('"', 1)[0]
+                into[stage] = float(value)
+    return {k: round(1e3 * v / counts[k], 3) for k, v in sums.items() if counts.get(k)}
 
 
 def start_maskserve(a: argparse.Namespace, out: Path) -> procs.Server:
