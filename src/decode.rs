@@ -15,7 +15,23 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
+/// Bytes a decoder may allocate beyond the decoded image itself (palettes, ICC/EXIF blocks,
+/// compressed chunks, row buffers).
+const DECODER_SLACK_BYTES: u64 = 64 << 20;
+
+/// Decodes an image (see the module docs). A panic inside a decoder is caught and reported as
+/// an undecodable image, so one malformed file never costs more than its own 400.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PredictError> {
+    std::panic::catch_unwind(|| decode_unguarded(bytes, max_pixels)).unwrap_or_else(|_| {
+        Err(PredictError::BadImage(
+            "the decoder failed on this file (malformed image)".into(),
+        ))
+    })
+}
+
+/// [`decode`] without the panic guard (the fuzz target calls this one, to see decoder panics).
+#[doc(hidden)]
+pub fn decode_unguarded(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PredictError> {
     if bytes.is_empty() {
         return Err(PredictError::BadImage("empty body".into()));
     }
@@ -46,6 +62,12 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PredictError> {
             "image has no pixels ({w}x{h})"
         )));
     }
+    // Within the pixel limit: now bound what the decoder may allocate (the image at up to 16
+    // bytes a pixel, 16-bit RGBA or float, plus slack), so a file whose chunks claim more than
+    // its header (a zTXt or ICC bomb, a frame larger than the canvas) fails cleanly.
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(DECODER_SLACK_BYTES));
+    decoder.set_limits(limits).map_err(map_err)?;
     // A broken EXIF block should not reject an otherwise fine image.
     let orientation = decoder
         .orientation()
