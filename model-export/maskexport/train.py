@@ -41,6 +41,8 @@ def train(
     seed: int = 0,
     log_every: int = 50,
     time_budget_s: float | None = None,
+    init: Path | None = None,
+    warmup: int | None = None,
 ) -> dict[str, float]:
     """Train for ``iterations`` steps; writes the checkpoint and returns val metrics (if any).
 
@@ -69,7 +71,14 @@ def train(
 
     ds = CocoInstances(train_dir / "images", train_dir / "annotations.json")
     classes = ["__background__", *ds.class_names]
-    model = build_model(arch, len(classes)).to(device)
+    model = build_model(arch, len(classes))
+    if init is not None:
+        # Continue from a checkpoint (a warm restart of the schedule), e.g. to train longer.
+        ckpt = torch.load(init, map_location="cpu", weights_only=True)
+        if ckpt["arch"] != arch or ckpt["classes"] != classes:
+            raise ValueError(f"{init} holds {ckpt['arch']} for {ckpt['classes']}, not {arch} for {classes}")
+        model.load_state_dict(ckpt["state_dict"])
+    model = model.to(device)
     sampler = torch.utils.data.DistributedSampler(ds, seed=seed) if distributed else None
     loader = torch.utils.data.DataLoader(
         ds,
@@ -83,7 +92,8 @@ def train(
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    warmup = min(300, iterations // 10)
+    if warmup is None:
+        warmup = min(300, iterations // 10)
     it, epoch, start = 0, 0, time.time()
     model.train()
 
@@ -154,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget-min", type=float, help="also end the schedule after this many minutes")
     p.add_argument("--checkpoint-dir", type=Path)
+    p.add_argument("--init", type=Path, help="start from this checkpoint (warm restart)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations (default min(300, iterations/10))")
     a = p.parse_args(argv)
     budget = a.time_budget_min * 60 if a.time_budget_min else None
     train(
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         a.threads,
         a.seed,
         time_budget_s=budget,
+        init=a.init,
+        warmup=a.warmup,
     )
 
 
