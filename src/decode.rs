@@ -66,7 +66,11 @@ pub fn decode_unguarded(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Predi
     // bytes a pixel, 16-bit RGBA or float, plus slack), so a file whose chunks claim more than
     // its header (a zTXt or ICC bomb, a frame larger than the canvas) fails cleanly.
     let mut limits = image::Limits::no_limits();
-    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(DECODER_SLACK_BYTES));
+    limits.max_alloc = Some(
+        pixels
+            .saturating_mul(16)
+            .saturating_add(DECODER_SLACK_BYTES),
+    );
     decoder.set_limits(limits).map_err(map_err)?;
     // A broken EXIF block should not reject an otherwise fine image.
     let orientation = decoder

@@ -146,10 +146,15 @@ impl Pipeline {
                     .unwrap_or_else(|| runtime::default_intra_threads(cfg.sessions)),
             ),
             spinning: runtime::spinning_from_env(),
+            // Both on by default; the soak test's shape sweep compares them (BENCHMARKS.md).
+            mem_pattern: runtime::env_switch("MASKSERVE_ORT_MEM_PATTERN", true),
+            cpu_arena: runtime::env_switch("MASKSERVE_ORT_CPU_ARENA", true),
         };
         tracing::info!(
             intra_threads = ?opts.intra_threads,
             spinning = opts.spinning,
+            mem_pattern = opts.mem_pattern,
+            cpu_arena = opts.cpu_arena,
             sessions = cfg.sessions,
             "ONNX Runtime threads"
         );

@@ -120,6 +120,23 @@ pub struct SessionOptions {
     pub intra_threads: Option<usize>,
     /// Whether ONNX Runtime's pool threads busy-wait for work after each parallel section.
     pub spinning: bool,
+    /// ONNX Runtime's memory-pattern planning (one plan cached per input shape).
+    pub mem_pattern: bool,
+    /// ONNX Runtime's CPU memory arena (grows to the peak and keeps it).
+    pub cpu_arena: bool,
+}
+
+/// A boolean setting from the environment: 1/true/yes/on or 0/false/no/off; `default` when
+/// unset or unrecognised.
+pub fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("1" | "true" | "yes" | "on") => true,
+        Ok("0" | "false" | "no" | "off") => false,
+        _ => default,
+    }
 }
 
 /// Intra-op threads when none are configured: the CPUs this process may use (cgroup quota and
@@ -150,7 +167,9 @@ fn base_builder(env: &Environment, o: &SessionOptions) -> Result<SessionBuilder>
         .with_intra_op_spinning(o.spinning)
         .map_err(|e| anyhow!("setting intra-op spinning: {e}"))?
         .with_inter_op_spinning(o.spinning)
-        .map_err(|e| anyhow!("setting inter-op spinning: {e}"))?;
+        .map_err(|e| anyhow!("setting inter-op spinning: {e}"))?
+        .with_memory_pattern(o.mem_pattern)
+        .map_err(|e| anyhow!("setting the memory pattern: {e}"))?;
     Ok(b)
 }
 
@@ -222,6 +241,12 @@ pub fn build_session(
     o: &SessionOptions,
 ) -> Result<(Session, Provider)> {
     let (mut b, provider) = with_device(env, device, o)?;
+    if !o.cpu_arena {
+        // Registered after the device's providers, so it only sets the CPU allocator.
+        b = b
+            .with_execution_providers([ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| anyhow!("disabling the CPU memory arena: {e}"))?;
+    }
     let session = b
         .commit_from_file(graph)
         .map_err(|e| anyhow!("{e}"))

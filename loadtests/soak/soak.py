@@ -218,6 +218,9 @@ def start_server(a: argparse.Namespace, out: Path) -> tuple[subprocess.Popen[byt
     cmd += a.server_arg
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASKSERVE_", "SAGEMAKER_"))}
     env["RUST_LOG"] = "warn"
+    for kv in a.server_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
     log = open(out / "server.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
@@ -261,6 +264,63 @@ def percentile(v: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def padded_shape(h: int, w: int, min_size: int, max_size: int, div: int) -> tuple[int, int]:
+    """The input shape of graph (a) for an h × w image (GeneralizedRCNNTransform's resize + pad)."""
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    oh, ow = max(1, int(h * scale)), max(1, int(w * scale))
+    return (-(-oh // div) * div, -(-ow // div) * div)
+
+
+def sweep(a: argparse.Namespace, out: Path) -> int:
+    """Sends one image per distinct graph input shape, in random order, then all of them again,
+    sampling RSS after each request: memory against the number of shapes seen."""
+    pre = json.loads((a.model / "model.json").read_text())["preprocess"]
+    rng = random.Random(a.seed)
+    shapes: dict[tuple[int, int], tuple[int, int]] = {}
+    for _ in range(200_000):
+        h, w = rng.randint(40, 1600), rng.randint(40, 1600)
+        key = padded_shape(h, w, pre["min_size"], pre["max_size"], pre["size_divisible"])
+        shapes.setdefault(key, (h, w))
+    order = list(shapes.items())
+    rng.shuffle(order)
+    order = order[: a.sweep]
+    print(f"{len(shapes)} distinct input shapes reachable; sending {len(order)} twice", flush=True)
+    reqs = [Req(f"{k[0]}x{k[1]}", "image/jpeg", encode(shapes_image(rng, w, h), "JPEG"), True) for k, (h, w) in order]
+    proc, port = start_server(a, out)
+    client = Client(port)
+    rows = []
+    try:
+        for rnd in range(2):
+            for i, r in enumerate(reqs):
+                status, secs = client.send(r)
+                rss, hwm = rss_mib(proc.pid)
+                rows.append([rnd, i + 1, r.name, status, round(secs * 1e3, 1), round(rss, 1), round(hwm, 1)])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["round", "shapes_seen", "shape", "status", "ms", "rss_mib", "hwm_mib"])
+        w.writerows(rows)
+    first = [r for r in rows if r[0] == 0]
+    second = [r for r in rows if r[0] == 1]
+    summary = {
+        "tag": a.tag,
+        "server_args": a.server_arg,
+        "server_env": a.server_env,
+        "shapes": len(reqs),
+        "rss_after_1": first[0][5],
+        "rss_after_10": first[min(9, len(first) - 1)][5],
+        "rss_after_all": first[-1][5],
+        "rss_end_second_round": second[-1][5],
+        "non_200": sum(1 for r in rows if r[3] != 200),
+        "median_ms": sorted(r[4] for r in rows)[len(rows) // 2],
+    }
+    (out / "sweep-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "shapes")
@@ -275,9 +335,11 @@ def main() -> int:
     ap.add_argument("--saturation-threads", type=int, default=None, help="default 2 × workers + 1")
     ap.add_argument("--rate", type=float, default=None, help="skip the saturation run: valid req/s")
     ap.add_argument("--sample-every", type=float, default=10)
-    ap.add_argument("--images", type=int, default=60, help="distinct valid images")
+    ap.add_argument("--images", type=int, default=200, help="distinct valid images")
     ap.add_argument("--max-growth", type=float, default=10.0, help="allowed RSS growth after warm-up, %%")
     ap.add_argument("--server-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
+    ap.add_argument("--server-env", action="append", default=[], help="K=V for the server (repeatable)")
+    ap.add_argument("--sweep", type=int, default=0, help="instead of the soak: N distinct input shapes, twice")
     ap.add_argument("--tag", default="run")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
@@ -285,6 +347,8 @@ def main() -> int:
     out = ROOT / "loadtests" / "results" / f"soak-{a.tag}"
     out.mkdir(parents=True, exist_ok=True)
 
+    if a.sweep:
+        return sweep(a, out)
     rng = random.Random(a.seed)
     valid = valid_requests(rng, a.images)
     invalid = invalid_requests(rng, encode(shapes_image(rng, 300, 200), "PNG"))
@@ -427,6 +491,7 @@ def main() -> int:
     summary = {
         "tag": a.tag,
         "server_args": a.server_arg,
+        "server_env": a.server_env,
         "workers": a.workers,
         "duration_s": a.duration,
         "warmup_s": warmup,
