@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::{bail, Context, Result};
+use clap::builder::FalseyValueParser;
 use clap::Args;
 
 use self::http::{AppState, Engine, ExecutionParameters, HttpSettings};
@@ -86,7 +87,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MASKSERVE_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
     /// Log as JSON lines (for CloudWatch) instead of text.
-    #[arg(long, env = "MASKSERVE_LOG_JSON")]
+    #[arg(long, env = "MASKSERVE_LOG_JSON", value_parser = FalseyValueParser::new())]
     pub log_json: bool,
     /// Test hook: sleep this long before each image.
     #[arg(long, env = "MASKSERVE_DEBUG_DELAY_MS", hide = true)]
@@ -95,11 +96,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MASKSERVE_DEBUG_LOAD_DELAY_MS", hide = true)]
     pub debug_load_delay_ms: Option<u64>,
     /// Test hook: fail every inference with a 500.
-    #[arg(long, env = "MASKSERVE_DEBUG_FAIL_INFERENCE", hide = true)]
+    #[arg(long, env = "MASKSERVE_DEBUG_FAIL_INFERENCE", hide = true, value_parser = FalseyValueParser::new())]
     pub debug_fail_inference: bool,
     /// Test hook: a request with the custom attribute `debug_panic=1` panics inside the
     /// pipeline (to test that a panic costs one 500 and nothing else).
-    #[arg(long, env = "MASKSERVE_DEBUG_ALLOW_PANIC", hide = true)]
+    #[arg(long, env = "MASKSERVE_DEBUG_ALLOW_PANIC", hide = true, value_parser = FalseyValueParser::new())]
     pub debug_allow_panic: bool,
 }
 
@@ -476,6 +477,16 @@ mod tests {
             a.model.config().max_pixels,
             crate::pipeline::DEFAULT_MAX_PIXELS
         );
+    }
+
+    #[test]
+    fn empty_boolean_variables_are_false() {
+        // Manifests may render an unset value as "": that must not stop the server.
+        std::env::set_var("MASKSERVE_LOG_JSON", "");
+        let a = args(&[]);
+        std::env::remove_var("MASKSERVE_LOG_JSON");
+        assert!(!a.log_json);
+        assert!(args(&["--log-json"]).log_json);
     }
 
     #[test]
