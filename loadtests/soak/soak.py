@@ -354,6 +354,7 @@ def main() -> int:
     invalid = invalid_requests(rng, encode(shapes_image(rng, 300, 200), "PNG"))
     proc, port = start_server(a, out)
     client = Client(port)
+    rss_ready = rss_mib(proc.pid)[0]
     try:
         if a.rate:
             sat = a.rate / a.load
@@ -361,6 +362,7 @@ def main() -> int:
             threads = a.saturation_threads or 2 * a.workers + 1
             saturation(client, valid, threads, 5)  # warm the shapes and connections
             sat = saturation(client, valid, threads, a.saturation_seconds)
+        rss_saturated = rss_mib(proc.pid)[0]
         valid_rate = a.load * sat
         total_rate = valid_rate / (1 - a.invalid_fraction)
         print(
@@ -508,6 +510,8 @@ def main() -> int:
         "dropped_arrivals": counters.dropped,
         "latency_ms": {"p50": round(percentile(lat, 0.5) * 1e3, 1), "p99": round(percentile(lat, 0.99) * 1e3, 1)},
         "rss_mib": {
+            "ready": round(rss_ready, 1),
+            "after_saturation_run": round(rss_saturated, 1),
             "after_warmup": base,
             "end": end_rss,
             "peak_after_warmup": peak_after,
