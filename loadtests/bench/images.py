@@ -39,8 +39,9 @@ def png_and_jpeg(src: Path, out: Path, limit: int, quality: int = 90) -> list[Pa
     return write_index(out)
 
 
-def hd_jpegs(src: Path, out: Path, count: int, quality: int = 90, seed: int = 0) -> list[Path]:
-    """`count` 1920x1080 JPEGs made from the source images (cycled)."""
+def hd_jpegs(src: Path, out: Path, count: int, quality: int = 90, seed: int = 0, pngs: int = 2) -> list[Path]:
+    """`count` 1920x1080 JPEGs made from the source images (cycled), and PNG copies of the first
+    `pngs` of them."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     srcs = sources(src)
@@ -48,6 +49,9 @@ def hd_jpegs(src: Path, out: Path, count: int, quality: int = 90, seed: int = 0)
         img = Image.open(srcs[i % len(srcs)]).convert("RGB").resize((1920, 1080), Image.Resampling.BICUBIC)
         px = np.asarray(img).astype(np.int16) + rng.normal(0, 6, (1080, 1920, 3)).astype(np.int16)
         Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(out / f"hd{i:03d}.jpg", quality=quality)
+        if i < pngs:
+            # The same pixels losslessly: both servers then decode identical inputs (output check).
+            Image.open(out / f"hd{i:03d}.jpg").convert("RGB").save(out / f"hd{i:03d}.png", compress_level=1)
     return write_index(out)
 
 

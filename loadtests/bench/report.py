@@ -27,7 +27,7 @@ def markdown(res: dict[str, Any]) -> str:
     head = ["", "images/s (saturation)", "× floor", "× reference"]
     head += [f"p50/p95/p99 ms @ {r:g}/s" for r in rates]
     head += ["CPU cores (sat.)", "CPU s / image", "peak RSS MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if floor or ms or ref else []
     ref_tp = ref["saturation"]["images_per_s"] if ref else None
     floor_tp = floor["saturation"]["images_per_s"] if floor else None
     for label, r in rows:
@@ -39,7 +39,7 @@ def markdown(res: dict[str, Any]) -> str:
         cells += [_lat(x) for x in r["rates"]]
         cells += [f"{sat['cpu_cores']:.2f}", f"{sat['cpu_cores'] / tp:.3f}", f"{r['peak_rss_mib']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + "\n"
+    out = "\n".join(lines) + "\n" if lines else ""
     if floor and ms:
         p50 = [_ratio(m["p50_ms"], f["p50_ms"]) for m, f in zip(ms["rates"], floor["rates"])]
         out += f"\nmaskserve / floor: throughput {_ratio(ms['saturation']['images_per_s'], floor_tp)}"

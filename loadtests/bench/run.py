@@ -204,6 +204,22 @@ def start_reference(a: argparse.Namespace, out: Path) -> procs.Server:
     return procs.start("reference", cmd, port, out / "bench-reference.log", env)
 
 
+def check_only(a: argparse.Namespace, all_files: list[Path]) -> None:
+    up = [start_maskserve(a, a.out), start_reference(a, a.out)]
+    try:
+        for s in up:
+            s.wait_ready(600)
+        res = {}
+        for ct in ("image/png", "image/jpeg"):
+            if subset := of_type(all_files, ct, required=False):
+                res[ct] = compare.check_servers(up[0].url, up[1].url, subset)
+    finally:
+        for s in up:
+            s.stop()
+    (a.out / f"check-{a.name or a.model.name}.json").write_text(json.dumps(res, indent=2))
+    print(report.markdown({"check": res}), end="")
+
+
 def machine() -> dict[str, Any]:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
@@ -228,6 +244,7 @@ def main() -> None:
     ap.add_argument("--rate-fractions", default="0.5,0.8", help="fixed arrival rates, fractions of the floor's")
     ap.add_argument("--maskserve-bin", type=Path, default=ROOT / "target" / "release" / "maskserve")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--check-only", action="store_true", help="only compare maskserve's and the reference's answers")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
     ap.add_argument("--name", default="")
     a = ap.parse_args()
@@ -244,6 +261,9 @@ def main() -> None:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "images": [str(p) for p in files],
     }
+    if a.check_only:
+        check_only(a, all_files)
+        return
     print(f"== {len(files)} images; floor inputs", flush=True)
     npz = a.out / f"floor-inputs-{name}.npz"
     floor_inputs(a.model, files, npz)
