@@ -19,13 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 EXPORT = REPO / "model-export"
 sys.path.insert(0, str(EXPORT))
 
-from maskexport.shapes import write_dataset  # noqa: E402
+from maskexport.shapes import write_dataset
 
 
 def _binary() -> Path:
     path = Path(os.environ.get("MASKSERVE_BIN", REPO / "target/release/maskserve"))
     if not path.exists():
-        pytest.fail(f"{path} not built: run cargo build --release (scripts/test.sh does)")
+        pytest.fail(
+            f"{path} not built: run cargo build --release (scripts/test.sh does)"
+        )
     return path
 
 
@@ -37,7 +39,12 @@ def _sagemaker_train(root: Path, hyperparameters: dict) -> subprocess.CompletedP
     )
     env = {**os.environ, "MASKSERVE_OPT_ML": str(root), "PYTHONPATH": str(EXPORT)}
     return subprocess.run(
-        [sys.executable, "-m", "maskexport.sagemaker_train"], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "maskexport.sagemaker_train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 
@@ -58,23 +65,42 @@ def test_training_failure_is_reported(tmp_path: Path) -> None:
 def test_train_then_serve(tmp_path: Path) -> None:
     write_dataset(tmp_path / "input/data/train", seed=4, count=8)
     write_dataset(tmp_path / "input/data/val", seed=5, count=3)
-    hp = {"iterations": "6", "batch_size": "2", "samples": "2", "threads": "2", "name": "e2e"}
+    hp = {
+        "iterations": "6",
+        "batch_size": "2",
+        "samples": "2",
+        "threads": "2",
+        "name": "e2e",
+    }
     result = _sagemaker_train(tmp_path, hp)
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = tmp_path / "model"
     manifest = json.loads((model_dir / "model.json").read_text())
     assert manifest["name"] == "e2e"
-    assert (tmp_path / "checkpoints/checkpoint.pt").exists() or (model_dir / "checkpoint.pt").exists()
+    assert (tmp_path / "checkpoints/checkpoint.pt").exists() or (
+        model_dir / "checkpoint.pt"
+    ).exists()
 
     port = _free_port()
-    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "MASKSERVE_MODEL_DIR": str(model_dir)}
-    server = subprocess.Popen([str(_binary()), "serve"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "MASKSERVE_MODEL_DIR": str(model_dir),
+    }
+    server = subprocess.Popen(
+        [str(_binary()), "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/ping", timeout=2
+                ) as r:
                     if r.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError):
@@ -82,12 +108,15 @@ def test_train_then_serve(tmp_path: Path) -> None:
             assert server.poll() is None, server.stdout.read() if server.stdout else ""
             assert time.time() < deadline, "server never became ready"
             time.sleep(0.3)
-        image = sorted((model_dir / "samples").iterdir())[0]
+        image = min((model_dir / "samples").iterdir())
         req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=image.read_bytes(),
-            headers={"Content-Type": "image/png",
-                     # A model trained for six steps is unsure of everything; ask for all it sees.
-                     "X-Amzn-SageMaker-Custom-Attributes": "score_threshold=0.0"},
+            f"http://127.0.0.1:{port}/invocations",
+            data=image.read_bytes(),
+            headers={
+                "Content-Type": "image/png",
+                # A model trained for six steps is unsure of everything; ask for all it sees.
+                "X-Amzn-SageMaker-Custom-Attributes": "score_threshold=0.0",
+            },
         )
         with urllib.request.urlopen(req, timeout=120) as r:
             assert r.status == 200
