@@ -4,6 +4,7 @@
 pub mod anchors;
 pub mod box_coder;
 pub mod decode;
+pub mod logging;
 pub mod model;
 pub mod nms;
 pub mod paste;

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Predict(a) => {
-            init_logging();
+            maskserve::logging::init(false);
             predict(a)
         }
         // The server sets up its own logging (text or JSON).
@@ -94,16 +94,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn")),
-        )
-        .init();
 }
 
 fn predict(a: PredictArgs) -> Result<ExitCode> {

@@ -236,24 +236,6 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: the CLI may already have installed a subscriber; keep that one.
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 impl Predict for Pipeline {
     fn predict(
         &self,
@@ -296,7 +278,7 @@ fn load_engine(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Engine> {
 
 /// Runs the server until SIGTERM/SIGINT; returns once in-flight requests have finished.
 pub fn run(args: ServeArgs) -> Result<()> {
-    init_logging(args.log_json);
+    crate::logging::init(args.log_json);
     let settings = args.settings()?;
     let metrics = Arc::new(Metrics::new("maskserve"));
     let state = web::Data::new(AppState {

@@ -87,12 +87,11 @@ def test_train_then_serve(tmp_path: Path) -> None:
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "MASKSERVE_MODEL_DIR": str(model_dir),
     }
+    # The server's log goes to a file: a pipe nobody reads would fill up and block it.
+    log_path = tmp_path / "server.log"
+    log = log_path.open("w")
     server = subprocess.Popen(
-        [str(_binary()), "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [str(_binary()), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.time() + 120
@@ -105,8 +104,10 @@ def test_train_then_serve(tmp_path: Path) -> None:
                         break
             except (urllib.error.URLError, ConnectionError):
                 pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.time() < deadline, "server never became ready"
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, (
+                "server never became ready:\n" + log_path.read_text()[-3000:]
+            )
             time.sleep(0.3)
         image = min((model_dir / "samples").iterdir())
         req = urllib.request.Request(
@@ -129,3 +130,4 @@ def test_train_then_serve(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
