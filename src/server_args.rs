@@ -19,7 +19,7 @@ pub struct ModelArgs {
     /// Execution provider: auto uses CUDA when it registers, else CPU.
     #[arg(long, env = "MASKSERVE_DEVICE", value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Intra-op threads per ONNX Runtime session (default: ONNX Runtime's choice).
+    /// Intra-op threads per ONNX Runtime session (default: available CPUs / sessions).
     #[arg(long, env = "MASKSERVE_THREADS")]
     pub threads: Option<usize>,
     /// Inference workers, each with its own session set (= images run concurrently).
