@@ -9,8 +9,11 @@ pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    // Colour only on a terminal: escape codes make CloudWatch and kubectl logs unreadable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // try_init: a test harness may already have installed a subscriber; keep that one.
     let _ = if json {
