@@ -146,8 +146,12 @@ impl Pipeline {
                     .unwrap_or_else(|| runtime::default_intra_threads(cfg.sessions)),
             ),
             spinning: runtime::spinning_from_env(),
-            // Both on by default; the soak test's shape sweep compares them (BENCHMARKS.md).
-            mem_pattern: runtime::env_switch("MASKSERVE_ORT_MEM_PATTERN", true),
+            // Graph inputs change shape with every image size (and the heads' with every
+            // proposal count). The memory pattern caches a plan per shape: RSS climbed with each
+            // new shape, so it is off (less memory, no slower). The arena stays on: without it
+            // the large activations are mmapped afresh on every run (R50 1080p: ~10 % slower).
+            // Measured in BENCHMARKS.md "Soak"; 1/0 overrides.
+            mem_pattern: runtime::env_switch("MASKSERVE_ORT_MEM_PATTERN", false),
             cpu_arena: runtime::env_switch("MASKSERVE_ORT_CPU_ARENA", true),
         };
         tracing::info!(

@@ -120,9 +120,11 @@ pub struct SessionOptions {
     pub intra_threads: Option<usize>,
     /// Whether ONNX Runtime's pool threads busy-wait for work after each parallel section.
     pub spinning: bool,
-    /// ONNX Runtime's memory-pattern planning (one plan cached per input shape).
+    /// ONNX Runtime's memory-pattern planning (one plan cached per input shape);
+    /// MASKSERVE_ORT_MEM_PATTERN, off by default.
     pub mem_pattern: bool,
-    /// ONNX Runtime's CPU memory arena (grows to the peak and keeps it).
+    /// ONNX Runtime's CPU memory arena (grows to the peak and keeps it);
+    /// MASKSERVE_ORT_CPU_ARENA, on by default.
     pub cpu_arena: bool,
 }
 
