@@ -54,6 +54,22 @@ class Req:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# Columns of rss.csv, in order.
+RSS_COLUMNS = [
+    "elapsed_s",
+    "rss_mib",
+    "hwm_mib",
+    "valid_ok",
+    "valid_5xx",
+    "valid_other",
+    "valid_transport",
+    "invalid_expected",
+    "invalid_unexpected",
+    "p50_ms",
+    "p99_ms",
+]
+
+
 def shapes_image(rng: random.Random, w: int, h: int) -> Image.Image:
     """Circles, squares and triangles on a dark background, like the shapes fixture."""
     img = Image.new("RGB", (w, h), tuple(rng.randint(0, 60) for _ in range(3)))
@@ -379,21 +395,7 @@ def main() -> int:
         def sampler() -> None:
             with open(out / "rss.csv", "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(
-                    [
-                        "elapsed_s",
-                        "rss_mib",
-                        "hwm_mib",
-                        "valid_ok",
-                        "valid_5xx",
-                        "valid_other",
-                        "valid_transport",
-                        "invalid_expected",
-                        "invalid_unexpected",
-                        "p50_ms",
-                        "p99_ms",
-                    ]
-                )
+                w.writerow(RSS_COLUMNS)
                 while True:
                     with counters.lock:
                         lat = counters.latencies[-2000:]
@@ -417,24 +419,7 @@ def main() -> int:
                         p99_ms=round(percentile(lat, 0.99) * 1e3, 1),
                     )
                     samples.append(row)
-                    w.writerow(
-                        [
-                            row[k]
-                            for k in [
-                                "elapsed_s",
-                                "rss_mib",
-                                "hwm_mib",
-                                "valid_ok",
-                                "valid_5xx",
-                                "valid_other",
-                                "valid_transport",
-                                "invalid_expected",
-                                "invalid_unexpected",
-                                "p50_ms",
-                                "p99_ms",
-                            ]
-                        ]
-                    )
+                    w.writerow([row[k] for k in RSS_COLUMNS])
                     f.flush()
                     print(
                         f"  t={row['elapsed_s']:>6.0f}s rss={rss:7.1f} MiB ok={row['valid_ok']} "
