@@ -1,20 +1,20 @@
 //! maskserve: Mask R-CNN inference — ONNX Runtime graphs for the dense work, Rust for the
 //! data-dependent stages (anchors, proposals, NMS, mask paste, encoding).
+//!
+//! `config` (every setting) → `loader` (library, manifest, backends) → `engine` (CPU pool,
+//! batcher, backend threads) running `pipeline` (the model: `detection` stages between the
+//! `backend`'s graphs, `encode` for the masks) → `server` (HTTP).
 
-pub mod anchors;
-pub mod box_coder;
+pub mod backend;
+pub mod config;
 pub mod decode;
+pub mod detection;
+pub mod encode;
+pub mod engine;
+pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod model;
-pub mod nms;
-pub mod paste;
 pub mod pipeline;
-pub mod polygons;
-pub mod rle;
-pub mod roi_heads;
-pub mod rpn;
-pub mod runtime;
 pub mod server;
-pub mod server_args;
-pub mod transform;
 pub mod types;

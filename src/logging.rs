@@ -1,14 +1,19 @@
 //! Logging for every subcommand: `tracing` to stderr, as text or JSON lines.
 
-/// The filter when neither MASKSERVE_LOG nor RUST_LOG is set. ONNX Runtime's own INFO
-/// messages (hundreds per session build) are kept out of production logs.
+/// The filter when none is configured. ONNX Runtime's own INFO messages (hundreds per
+/// session build) are kept out of production logs.
 const DEFAULT_FILTER: &str = "info,ort=warn";
 
-/// Installs the subscriber; the filter comes from MASKSERVE_LOG, then RUST_LOG.
-pub fn init(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MASKSERVE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+/// Installs the subscriber; `filter` is `--log` / MASKSERVE_LOG, then RUST_LOG (an invalid one
+/// falls back to the default and says so).
+pub fn init(json: bool, filter: Option<&str>) {
+    let requested = filter;
+    let parsed = requested.map(tracing_subscriber::EnvFilter::try_new);
+    let invalid = matches!(parsed, Some(Err(_)));
+    let filter = match parsed {
+        Some(Ok(f)) => f,
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+    };
     // Colour only on a terminal: escape codes make CloudWatch and kubectl logs unreadable.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -25,4 +30,7 @@ pub fn init(json: bool) {
     } else {
         builder.try_init()
     };
+    if invalid {
+        tracing::warn!("invalid log filter {requested:?}; using {DEFAULT_FILTER:?}");
+    }
 }

@@ -2,12 +2,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use maskserve::pipeline::Pipeline;
-use maskserve::server::ServeArgs;
-use maskserve::server_args::ModelArgs;
-use maskserve::types::{MaskFormat, PredictOptions, StageTimings};
+use maskserve::config::{LogArgs, ModelArgs, ServeArgs};
+use maskserve::engine::{Engine, JobError};
+use maskserve::metrics::Metrics;
+use maskserve::types::{ImageResult, MaskFormat, PredictError, PredictOptions, StageTimings};
 
 #[derive(Parser)]
 #[command(
@@ -18,14 +21,16 @@ use maskserve::types::{MaskFormat, PredictOptions, StageTimings};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the model on image files; prints one JSON result per image.
-    Predict(PredictArgs),
+    Predict(Box<PredictArgs>),
     /// Run the HTTP server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Test helper: reads COCO RLE JSON objects (one per line) on stdin and prints each decoded
     /// mask as a base64 PNG line, using maskserve's own decoder.
     #[command(hide = true)]
@@ -50,7 +55,8 @@ struct PredictArgs {
     /// Run each image N times and print per-stage timings instead of the results.
     #[arg(long, value_name = "N")]
     bench: Option<usize>,
-    /// Run all images as one batch through the backbone (split layout).
+    /// Submit all images at once, so that images of one padded shape run as one batch (up to
+    /// --max-batch-size); by default they run one at a time.
     #[arg(long)]
     batch: bool,
     #[arg(required = true)]
@@ -78,13 +84,16 @@ impl From<CliMaskFormat> for MaskFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = cli.log.filter();
     let r = match cli.command {
         Command::Predict(a) => {
-            maskserve::logging::init(false);
-            predict(a)
+            maskserve::logging::init(false, filter);
+            predict(*a)
         }
-        // The server sets up its own logging (text or JSON).
-        Command::Serve(a) => maskserve::server::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Serve(a) => {
+            maskserve::logging::init(a.log_json, filter);
+            maskserve::server::run(*a).map(|()| ExitCode::SUCCESS)
+        }
         Command::DebugRleDecode => rle_decode(),
     };
     match r {
@@ -96,8 +105,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Far beyond any single image; the CLI has no client to answer in time.
+const CLI_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 fn predict(a: PredictArgs) -> Result<ExitCode> {
-    let pipeline = Pipeline::load(&a.model.config())?;
+    let n = a.images.len();
+    let model = a.model.clone();
+    let loaded = maskserve::loader::load(
+        a.model.ort_lib.as_deref(),
+        a.model.device,
+        move |provider, cpus| {
+            let mut plan = model.plan(provider, cpus)?;
+            plan.engine.queue_size = plan.engine.queue_size.max(n);
+            Ok(plan)
+        },
+        Arc::new(Metrics::new("maskserve")),
+    )?;
+    let engine = loaded.engine;
     let opts = PredictOptions {
         score_threshold: a.score_threshold,
         mask_threshold: a.mask_threshold,
@@ -113,15 +137,28 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     if let Some(n) = a.bench {
         for (path, bytes) in a.images.iter().zip(&files) {
-            bench(&pipeline, path, bytes, &opts, n.max(1), &mut stdout)?;
+            bench(&engine, path, bytes, &opts, n.max(1), &mut stdout)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let results = if a.batch {
-        let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
-        pipeline.predict_batch(&refs, &opts)
+    let results: Vec<Result<ImageResult, PredictError>> = if a.batch {
+        // One request per image, all queued before any runs: the batcher groups them.
+        let receivers: Vec<_> = files
+            .into_iter()
+            .map(|b| engine.submit(vec![(b, opts.clone())], Instant::now() + CLI_TIMEOUT))
+            .collect();
+        receivers
+            .into_iter()
+            .map(|rx| match rx {
+                Ok(rx) => one(rx.blocking_recv().unwrap_or_else(|_| Err(stopped()))),
+                Err(_) => Err(PredictError::Inference("the engine queue is full".into())),
+            })
+            .collect()
     } else {
-        files.iter().map(|b| pipeline.predict(b, &opts)).collect()
+        files
+            .into_iter()
+            .map(|b| one(engine.run(vec![(b, opts.clone())], CLI_TIMEOUT)))
+            .collect()
     };
     let mut failed = false;
     for (path, r) in a.images.iter().zip(results) {
@@ -140,20 +177,40 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
     })
 }
 
+fn stopped() -> JobError {
+    JobError::Predict {
+        index: 0,
+        error: PredictError::Inference("the engine stopped".into()),
+    }
+}
+
+/// The result of a one-image request.
+fn one(r: maskserve::engine::JobResult) -> Result<ImageResult, PredictError> {
+    match r {
+        Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        Ok(_) => Err(PredictError::Inference(
+            "internal: wrong number of results".into(),
+        )),
+        Err(JobError::Predict { error, .. }) => Err(error),
+        Err(JobError::DeadlineExceeded) => Err(PredictError::Inference("timed out".into())),
+    }
+}
+
 /// Median per-stage times over `n` runs (after one warm-up), as one JSON line.
 fn bench(
-    p: &Pipeline,
+    engine: &Engine,
     path: &std::path::Path,
     bytes: &[u8],
     opts: &PredictOptions,
     n: usize,
     out: &mut impl Write,
 ) -> Result<()> {
-    p.predict(bytes, opts)?;
+    let run = || one(engine.run(vec![(bytes.to_vec(), opts.clone())], CLI_TIMEOUT));
+    run()?;
     let mut runs: Vec<(StageTimings, f64, usize)> = Vec::with_capacity(n);
     for _ in 0..n {
-        let t = std::time::Instant::now();
-        let r = p.predict(bytes, opts)?;
+        let t = Instant::now();
+        let r = run()?;
         runs.push((
             r.timings,
             t.elapsed().as_secs_f64() * 1e3,
@@ -168,7 +225,7 @@ fn bench(
     let line = serde_json::json!({
         "image": path.display().to_string(),
         "runs": n,
-        "provider": p.execution_provider(),
+        "provider": engine.provider(),
         "detections": runs[0].2,
         "median_ms": {
             "decode_resize": med(&|r| r.0.decode + r.0.preprocess),
@@ -195,7 +252,7 @@ fn rle_decode() -> Result<ExitCode> {
             continue;
         }
         let rle: maskserve::types::Rle = serde_json::from_str(&line)?;
-        let dense = maskserve::rle::decode(&rle).map_err(anyhow::Error::msg)?;
+        let dense = maskserve::encode::rle::decode(&rle).map_err(anyhow::Error::msg)?;
         let img = image::GrayImage::from_raw(
             rle.size[1],
             rle.size[0],

@@ -78,7 +78,7 @@ pub struct ImageResult {
 }
 
 /// Why a prediction failed; the server maps each kind to an HTTP status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PredictError {
     /// Not an image we can decode (400).
     #[error("cannot decode image: {0}")]

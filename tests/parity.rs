@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use maskserve::nms::box_iou;
-use maskserve::rle;
+use maskserve::detection::nms::box_iou;
+use maskserve::encode::rle;
 use maskserve::types::Rle;
 use serde_json::Value;
 

@@ -1,6 +1,7 @@
-//! Request parsing of `/invocations` (src/server/formats.rs): content-type classification,
-//! content negotiation on Accept, custom attributes, and every body form (raw image, JSON
-//! envelopes, JSON Lines, base64 variants), then encoding a response for what was parsed.
+//! Request parsing of `/invocations` (src/server/request/, src/server/response.rs): content-type
+//! classification, content negotiation on Accept, custom attributes, and every body form (raw
+//! image, JSON envelopes, JSON Lines, base64 variants), then encoding a response for what was
+//! parsed.
 //!
 //! Input layout: `content-type \n accept \n custom-attributes \n body` (missing parts empty).
 //! Invariants: nothing panics; options that parse also pass the pipeline's validation; the
@@ -9,10 +10,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use maskserve::server::formats::{
-    accept_is_wildcard, debug_panic_requested, decode_base64, encode_response, media_type_essence,
-    negotiate, parse_custom_attributes, parse_request, request_kind, RequestKind,
+use maskserve::server::request::negotiation::{
+    accept_is_wildcard, media_type_essence, negotiate, request_kind,
 };
+use maskserve::server::request::options::{debug_panic_requested, parse_custom_attributes};
+use maskserve::server::request::parse::decode_base64;
+use maskserve::server::request::{parse_request, RequestKind};
+use maskserve::server::response::encode_response;
 use maskserve::types::{Detection, ImageResult, Rle, StageTimings};
 
 const MAX_INSTANCES: usize = 8;

@@ -14,9 +14,11 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::error::{json_error, ApiError};
-use super::formats;
-use super::metrics::{self, Metrics};
-use super::queue::{InferenceQueue, JobError};
+use super::request::{self, negotiation, options};
+use super::response;
+use crate::engine::{Engine, JobError};
+use crate::metrics::{self, Metrics};
+use crate::types::{ImageResult, PredictOptions};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const INBOUND_ID_HEADERS: &[&str] = &[
@@ -57,13 +59,13 @@ pub struct HttpSettings {
     pub default_accept: String,
     /// Answer a JSON Lines request in JSON Lines when Accept is missing or a wildcard.
     pub mirror_jsonlines: bool,
-    pub execution_parameters: ExecutionParameters,
 }
 
 /// The loaded model, ready to serve.
-pub struct Engine {
-    pub queue: InferenceQueue,
-    pub execution_provider: String,
+pub struct Ready {
+    pub engine: Engine,
+    /// Batch transform's parameters (they depend on the backends the model got).
+    pub execution_parameters: ExecutionParameters,
 }
 
 pub struct AppState {
@@ -71,11 +73,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Unset while loading; `Err` holds the load error, reported by `/ping` and
     /// `/invocations` (503) so a broken model never looks healthy.
-    pub model: OnceLock<Result<Engine, String>>,
+    pub model: OnceLock<Result<Ready, String>>,
 }
 
 impl AppState {
-    fn engine(&self) -> Result<&Engine, ApiError> {
+    fn ready(&self) -> Result<&Ready, ApiError> {
         match self.model.get() {
             None => Err(ApiError::unavailable(
                 "model is loading; retry later",
@@ -85,7 +87,7 @@ impl AppState {
                 format!("model failed to load: {e}"),
                 RETRY_AFTER_LOADING,
             )),
-            Some(Ok(engine)) => Ok(engine),
+            Some(Ok(ready)) => Ok(ready),
         }
     }
 }
@@ -135,12 +137,12 @@ async fn method_not_allowed() -> HttpResponse {
 /// Health: 200 with an empty body when the model is ready, 503 + JSON otherwise. It only
 /// reads a `OnceLock`, so it answers at once however busy the inference threads are.
 async fn ping(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.engine()?;
+    state.ready()?;
     Ok(HttpResponse::Ok().finish())
 }
 
-async fn execution_parameters(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(&state.settings.execution_parameters)
+async fn execution_parameters(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(&state.ready()?.execution_parameters))
 }
 
 async fn metrics_page(state: web::Data<AppState>) -> HttpResponse {
@@ -214,31 +216,59 @@ async fn read_body(
     Ok(buf)
 }
 
+/// A request read and parsed: what to run and how to answer.
+struct Invocation {
+    parsed: request::ParsedRequest,
+    format: negotiation::ResponseFormat,
+    items: Vec<(Vec<u8>, PredictOptions)>,
+}
+
 async fn invocations(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let start = Instant::now();
+    let deadline = start + state.settings.timeout;
+    let ready = state.ready()?;
+    let inv = read_invocation(&req, payload, &state, start, deadline).await?;
+    let results = infer(&ready.engine, &state, inv.items, deadline).await?;
+    let t_encode = Instant::now();
+    let body = response::encode_response(&inv.parsed, &results, &inv.format)?;
+    state
+        .metrics
+        .stage_seconds
+        .with_label_values(&["encode"])
+        .observe(t_encode.elapsed().as_secs_f64());
+    Ok(HttpResponse::Ok()
+        .content_type(inv.format.content_type)
+        .body(body))
+}
+
+/// Negotiates the response type, reads the body (bounded in size and time) and parses it into
+/// one item per image with its options: defaults ← custom attributes ← body ← instance.
+async fn read_invocation(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    start: Instant,
+    deadline: Instant,
+) -> Result<Invocation, ApiError> {
     let settings = &state.settings;
-    let deadline = start + settings.timeout;
-    let engine = state.engine()?;
     let headers = req.headers();
-    let format = formats::negotiate(
-        header_str(headers, header::ACCEPT),
-        &settings.default_accept,
-    )?;
+    let accept = header_str(headers, header::ACCEPT);
+    let format = negotiation::negotiate(accept, &settings.default_accept)?;
     let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
     if content_type.is_some() {
         // Refuse an unsupported type before reading a possibly large body.
-        formats::request_kind(content_type.as_deref(), b"")?;
+        negotiation::request_kind(content_type.as_deref(), b"")?;
     }
     let attributes = header_str(headers, CUSTOM_ATTRIBUTES_HEADER);
     let header_options = attributes
-        .map(formats::parse_custom_attributes)
+        .map(options::parse_custom_attributes)
         .unwrap_or_default();
     let debug_panic =
-        settings.allow_debug_panic && attributes.is_some_and(formats::debug_panic_requested);
+        settings.allow_debug_panic && attributes.is_some_and(options::debug_panic_requested);
     let content_length = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
 
     let body = read_body(
@@ -249,14 +279,14 @@ async fn invocations(
         deadline,
     )
     .await?;
-    let kind = formats::request_kind(content_type.as_deref(), &body)?;
+    let kind = negotiation::request_kind(content_type.as_deref(), &body)?;
     let format = if settings.mirror_jsonlines
-        && kind == formats::RequestKind::JsonLines
-        && formats::accept_is_wildcard(header_str(headers, header::ACCEPT))
+        && kind == request::RequestKind::JsonLines
+        && negotiation::accept_is_wildcard(accept)
     {
-        formats::ResponseFormat {
+        negotiation::ResponseFormat {
             lines: true,
-            content_type: formats::JSONLINES.to_string(),
+            content_type: negotiation::JSONLINES.to_string(),
         }
     } else {
         format
@@ -270,7 +300,7 @@ async fn invocations(
 
     // JSON and base64 of a 6 MiB body take milliseconds of CPU: keep them off the executor.
     let max_instances = settings.max_instances;
-    let mut parsed = web::block(move || formats::parse_request(kind, &body, max_instances))
+    let mut parsed = web::block(move || request::parse_request(kind, &body, max_instances))
         .await
         .map_err(|_| ApiError::internal("request parser failed"))??;
     state
@@ -278,16 +308,29 @@ async fn invocations(
         .stage_seconds
         .with_label_values(&["parse"])
         .observe(t_parse.elapsed().as_secs_f64());
-
-    let items: Vec<_> = (0..parsed.instances.len())
+    let items = (0..parsed.instances.len())
         .map(|i| {
             let mut opts = parsed.options_for(i, &header_options);
             opts.debug_panic = debug_panic;
             (std::mem::take(&mut parsed.instances[i].image), opts)
         })
         .collect();
+    Ok(Invocation {
+        parsed,
+        format,
+        items,
+    })
+}
+
+/// Submits the images to the engine and waits for all of them until `deadline`.
+async fn infer(
+    engine: &Engine,
+    state: &AppState,
+    items: Vec<(Vec<u8>, PredictOptions)>,
+    deadline: Instant,
+) -> Result<Vec<ImageResult>, ApiError> {
     let n = items.len();
-    let rx = engine.queue.submit(items, deadline).map_err(|_| {
+    let rx = engine.submit(items, deadline).map_err(|_| {
         state
             .metrics
             .discarded
@@ -301,12 +344,12 @@ async fn invocations(
     let timeout_msg = || {
         ApiError::gateway_timeout(format!(
             "inference did not finish within the server timeout of {} s",
-            settings.timeout.as_secs_f64()
+            state.settings.timeout.as_secs_f64()
         ))
     };
     let outcome = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await
     {
-        // Dropping `rx` here tells the worker to discard the job.
+        // Dropping `rx` here tells the engine to drop the images not yet run.
         Err(_) => {
             state
                 .metrics
@@ -315,12 +358,12 @@ async fn invocations(
                 .inc();
             return Err(timeout_msg());
         }
-        Ok(Err(_)) => return Err(ApiError::internal("the inference worker stopped")),
+        Ok(Err(_)) => return Err(ApiError::internal("the inference engine stopped")),
         Ok(Ok(outcome)) => outcome,
     };
-    let results = match outcome {
-        Ok(r) => r,
-        Err(JobError::DeadlineExceeded) => return Err(timeout_msg()),
+    match outcome {
+        Ok(r) => Ok(r),
+        Err(JobError::DeadlineExceeded) => Err(timeout_msg()),
         Err(JobError::Predict { index, error }) => {
             let prefix = if n > 1 {
                 format!("instance {index}: ")
@@ -331,19 +374,9 @@ async fn invocations(
             if err.status.is_server_error() {
                 tracing::error!(error = %error, "inference failed");
             }
-            return Err(err);
+            Err(err)
         }
-    };
-    let t_encode = Instant::now();
-    let body = formats::encode_response(&parsed, &results, &format)?;
-    state
-        .metrics
-        .stage_seconds
-        .with_label_values(&["encode"])
-        .observe(t_encode.elapsed().as_secs_f64());
-    Ok(HttpResponse::Ok()
-        .content_type(format.content_type)
-        .body(body))
+    }
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -374,7 +407,7 @@ fn content_type_label(headers: &HeaderMap) -> &'static str {
     let Some(v) = header_str(headers, header::CONTENT_TYPE) else {
         return "none";
     };
-    match formats::media_type_essence(v).as_str() {
+    match negotiation::media_type_essence(v).as_str() {
         "image/jpeg" => "image/jpeg",
         "image/png" => "image/png",
         "application/x-image" => "application/x-image",
@@ -389,7 +422,7 @@ fn content_type_label(headers: &HeaderMap) -> &'static str {
 
 fn is_json(res: &HttpResponse<BoxBody>) -> bool {
     header_str(res.headers(), header::CONTENT_TYPE)
-        .map(|v| formats::media_type_essence(v) == formats::JSON)
+        .map(|v| negotiation::media_type_essence(v) == negotiation::JSON)
         .unwrap_or(false)
 }
 

@@ -5,7 +5,7 @@
 //! Only the visible window is computed; everything outside it is 0 in torchvision's pasted
 //! probability image, so it is on iff `0 >= threshold`.
 
-use crate::transform::{axis_weights, resize_plane_with};
+use super::transform::{axis_weights, resize_plane_with};
 
 /// A binary mask of the full image, stored as the pasted window plus the value elsewhere.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +128,7 @@ pub fn paste_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::resize_plane;
+    use crate::detection::transform::resize_plane;
 
     /// Straightforward full-image version of torchvision's paste_mask_in_image.
     fn reference(

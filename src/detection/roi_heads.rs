@@ -2,8 +2,9 @@
 //! per-class decoding, clipping, background removal, score threshold, small-box removal,
 //! per-class NMS and the detections-per-image cap.
 
-use crate::box_coder::{clip_box, is_large_enough, BoxCoder};
-use crate::nms::batched_nms;
+use super::box_coder::{clip_box, is_large_enough, BoxCoder};
+use super::nms::batched_nms;
+use crate::backend::BoxHeadOutput;
 
 #[derive(Debug, Clone)]
 pub struct DetParams {
@@ -68,6 +69,30 @@ pub fn postprocess_detections(
             bbox: boxes[i],
             score: scores[i],
             label: labels[i] as usize,
+        })
+        .collect()
+}
+
+/// `postprocess_detections` for every image of a batch: `proposals[b]` are image `b`'s RoIs,
+/// in the order they were given to the box head; `params[b]` its thresholds.
+pub fn postprocess_detections_batch(
+    proposals: &[Vec<[f32; 4]>],
+    head: &BoxHeadOutput,
+    num_classes: usize,
+    image_sizes: &[(usize, usize)],
+    params: &[DetParams],
+) -> Vec<Vec<RawDetection>> {
+    let mut off = 0;
+    proposals
+        .iter()
+        .zip(image_sizes)
+        .zip(params)
+        .map(|((props, &size), p)| {
+            let k = props.len();
+            let logits = &head.class_logits[off * num_classes..(off + k) * num_classes];
+            let regr = &head.box_regression[off * num_classes * 4..(off + k) * num_classes * 4];
+            off += k;
+            postprocess_detections(props, logits, regr, num_classes, size, p)
         })
         .collect()
 }

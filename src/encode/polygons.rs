@@ -5,7 +5,7 @@ use imageproc::contours::{find_contours, BorderType};
 use imageproc::geometry::approximate_polygon_dp;
 use imageproc::point::Point;
 
-use crate::paste::PastedMask;
+use crate::detection::paste::PastedMask;
 
 /// Douglas-Peucker tolerance in pixels.
 pub const EPSILON: f64 = 1.0;

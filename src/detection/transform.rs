@@ -170,6 +170,55 @@ pub fn resize_boxes(boxes: &mut [[f32; 4]], resized: (usize, usize), original: (
     }
 }
 
+/// One image zero-padded on the right and bottom to its own multiple of `size_divisible`
+/// (`[3, H, W]`): the padded shape is the image's batching bucket.
+#[derive(Debug, Clone)]
+pub struct Padded {
+    pub data: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+    /// The resized, unpadded `(h, w)`.
+    pub image_size: (usize, usize),
+}
+
+pub fn pad(img: &Resized, size_divisible: u32) -> Padded {
+    let b = batch_images(std::slice::from_ref(img), size_divisible);
+    Padded {
+        data: b.data,
+        height: b.height,
+        width: b.width,
+        image_size: (img.height, img.width),
+    }
+}
+
+/// Stacks images of one padded shape into a batch: the same tensor `batch_images` builds from
+/// their unpadded forms, without padding again (one image is moved, not copied).
+pub fn stack(mut images: Vec<Padded>) -> Option<Batch> {
+    let first = images.first()?;
+    let (h, w) = (first.height, first.width);
+    if images.iter().any(|i| (i.height, i.width) != (h, w)) {
+        return None;
+    }
+    let image_sizes = images.iter().map(|i| i.image_size).collect();
+    let batch = images.len();
+    let data = if batch == 1 {
+        std::mem::take(&mut images[0].data)
+    } else {
+        let mut d = Vec::with_capacity(batch * 3 * h * w);
+        for i in &images {
+            d.extend_from_slice(&i.data);
+        }
+        d
+    };
+    Some(Batch {
+        data,
+        batch,
+        height: h,
+        width: w,
+        image_sizes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! torchvision's `RegionProposalNetwork.filter_proposals` on the outputs of graph (a): per-level
 //! top-k on the logits, decode, sigmoid, clip, small-box removal, score threshold, NMS per level.
 
-use crate::box_coder::{clip_box, is_large_enough, BoxCoder};
-use crate::nms::{argsort_desc, batched_nms};
+use super::box_coder::{clip_box, is_large_enough, BoxCoder};
+use super::nms::{argsort_desc, batched_nms};
+use crate::backend::RpnLevel;
 
 #[derive(Debug, Clone)]
 pub struct RpnParams {
@@ -94,6 +95,36 @@ pub fn filter_proposals(
     let mut keep = batched_nms(&boxes, &scores, &lvls, p.nms_thresh);
     keep.truncate(p.post_nms_top_n);
     keep.into_iter().map(|i| boxes[i]).collect()
+}
+
+/// `filter_proposals` for every image of a batch: `levels` hold the whole batch as graph (a)
+/// writes it (`[B, A, h, w]` per level), `image_sizes` the resized size of each image.
+pub fn filter_proposals_batch(
+    levels: &[RpnLevel],
+    anchors: &[Vec<[f32; 4]>],
+    image_sizes: &[(usize, usize)],
+    p: &RpnParams,
+) -> Vec<Vec<[f32; 4]>> {
+    image_sizes
+        .iter()
+        .enumerate()
+        .map(|(b, &size)| {
+            let per_image: Vec<Level> = levels
+                .iter()
+                .map(|l| {
+                    let n = l.per_image();
+                    Level {
+                        objectness: &l.objectness[b * n..(b + 1) * n],
+                        deltas: &l.deltas[b * n * 4..(b + 1) * n * 4],
+                        num_anchors: l.num_anchors,
+                        height: l.height,
+                        width: l.width,
+                    }
+                })
+                .collect();
+            filter_proposals(&per_image, anchors, size, p)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::types::ImageResult;
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
 const DETECTION_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
 pub struct Metrics {
@@ -29,6 +30,10 @@ pub struct Metrics {
     pub execution_provider: GaugeVec,
     /// Jobs dropped without an answer: `overloaded`, `deadline`, `client_gone`.
     pub discarded: IntCounterVec,
+    /// Images per graph run.
+    pub batch_size: Histogram,
+    /// Time a prepared image waited in the batcher for a backend.
+    pub batch_queue_wait: Histogram,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -93,6 +98,19 @@ impl Metrics {
             .namespace(namespace),
             &["reason"],
         ));
+        let batch_size = must(Histogram::with_opts(
+            HistogramOpts::new("batch_size", "Images per graph run")
+                .namespace(namespace)
+                .buckets(BATCH_BUCKETS.to_vec()),
+        ));
+        let batch_queue_wait = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "batch_queue_wait_seconds",
+                "Time a preprocessed image waited in the batcher for a backend",
+            )
+            .namespace(namespace)
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -104,6 +122,8 @@ impl Metrics {
             Box::new(detections.clone()),
             Box::new(execution_provider.clone()),
             Box::new(discarded.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(batch_queue_wait.clone()),
         ] {
             must(registry.register(c));
         }
@@ -119,6 +139,8 @@ impl Metrics {
             detections,
             execution_provider,
             discarded,
+            batch_size,
+            batch_queue_wait,
         }
     }
 

@@ -1,7 +1,7 @@
 //! COCO run-length encoding: column-major runs starting with zeros, and pycocotools' compressed
 //! counts string (`rleToString` / `rleFrString` in maskApi.c).
 
-use crate::paste::PastedMask;
+use crate::detection::paste::PastedMask;
 use crate::types::Rle;
 
 /// Accumulates runs in column-major order.

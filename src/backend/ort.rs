@@ -1,0 +1,621 @@
+//! The ONNX Runtime backend: loading the shared library, choosing the execution provider,
+//! building the sessions of one model, and running its graphs.
+//!
+//! `auto` tries CUDA strictly (so that a failure is visible) and falls back to CPU with a log line;
+//! an explicit `cuda`/`tensorrt` that cannot register is a start-up error, never a silent fallback.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::builder::SessionBuilder;
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use super::{BackboneOutput, Backend, BackendError, BoxHeadOutput, Roi, RpnLevel, SingleOutput};
+use crate::detection::transform::Batch;
+use crate::model::{Layout, Manifest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Device {
+    /// CUDA when it registers, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Tensorrt => "tensorrt",
+        })
+    }
+}
+
+/// The provider that actually runs the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl Provider {
+    /// The provider `device` will most likely get, before any session is built: `auto` is
+    /// CUDA when this ONNX Runtime build has the CUDA provider (registration can still fail,
+    /// and then the sessions run on CPU).
+    pub fn expected(device: Device) -> Provider {
+        match device {
+            Device::Cpu => Provider::Cpu,
+            Device::Cuda => Provider::Cuda,
+            Device::Tensorrt => Provider::TensorRt,
+            Device::Auto if ep::CUDA::is_available().unwrap_or(false) => Provider::Cuda,
+            Device::Auto => Provider::Cpu,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "CPUExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::TensorRt => "TensorrtExecutionProvider",
+        }
+    }
+}
+
+static ENV: OnceLock<(PathBuf, Environment)> = OnceLock::new();
+
+/// Checks the library path from `--ort-lib` / `ORT_DYLIB_PATH` (clap merges both into `lib`).
+pub fn resolve_lib(lib: Option<&Path>) -> Result<PathBuf> {
+    let Some(path) = lib
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+    else {
+        bail!(
+            "ONNX Runtime library not configured: set ORT_DYLIB_PATH or pass --ort-lib to the path of \
+             libonnxruntime.so (e.g. `export ORT_DYLIB_PATH=$(scripts/ort-lib.sh)`)"
+        );
+    };
+    if !path.is_file() {
+        bail!(
+            "ONNX Runtime library {} does not exist or is not a file (from --ort-lib / ORT_DYLIB_PATH)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The process-wide ORT environment (ORT allows one per process); loads the library on first use.
+pub fn environment(lib: Option<&Path>) -> Result<Environment> {
+    if let Some((_, env)) = ENV.get() {
+        return Ok(env.clone());
+    }
+    let path = resolve_lib(lib)?;
+    // init_from returns an error (instead of ort's panic on first use) when dlopen fails.
+    let builder = ort::init_from(&path)
+        .map_err(|e| anyhow!("cannot load ONNX Runtime library {}: {e}", path.display()))?;
+    let env = builder
+        .with_name("maskserve")
+        .build()
+        .map_err(|e| anyhow!("cannot create the ONNX Runtime environment: {e}"))?;
+    let _ = ENV.set((path, env.clone()));
+    Ok(env)
+}
+
+fn lib_path() -> String {
+    ENV.get()
+        .map(|(p, _)| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn provider_hint(provider_lib: &str) -> String {
+    let lib = lib_path();
+    let dir = Path::new(&lib)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if !dir.join(provider_lib).exists() {
+        format!(
+            "{provider_lib} is missing next to {lib}: this ONNX Runtime build has no such provider \
+             (use the onnxruntime-gpu build)"
+        )
+    } else {
+        format!(
+            "{} exists; check that the CUDA 13 / cuDNN 9 (and TensorRT 10) libraries it needs are on \
+             LD_LIBRARY_PATH and that a GPU is visible",
+            dir.join(provider_lib).display()
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub intra_threads: Option<usize>,
+    /// Whether ONNX Runtime's pool threads busy-wait for work after each parallel section.
+    pub spinning: bool,
+    /// ONNX Runtime's memory-pattern planning (one plan cached per input shape);
+    /// MASKSERVE_ORT_MEM_PATTERN, off by default.
+    pub mem_pattern: bool,
+    /// ONNX Runtime's CPU memory arena (grows to the peak and keeps it);
+    /// MASKSERVE_ORT_CPU_ARENA, on by default.
+    pub cpu_arena: bool,
+}
+
+/// Intra-op threads when none are configured: the CPUs this process may use (cgroup quota and
+/// affinity included, unlike ONNX Runtime's own default, which counts the host's cores) shared
+/// among the session sets that run concurrently, so `backends × threads` never exceeds the CPUs.
+pub fn default_intra_threads(cpus: usize, concurrent_sessions: usize) -> usize {
+    (cpus / concurrent_sessions.max(1)).max(1)
+}
+
+fn base_builder(env: &Environment, o: &SessionOptions) -> Result<SessionBuilder> {
+    let mut b = Session::builder(env).map_err(|e| anyhow!("session builder: {e}"))?;
+    if let Some(n) = o.intra_threads {
+        b = b
+            .with_intra_threads(n)
+            .map_err(|e| anyhow!("setting {n} intra-op threads: {e}"))?;
+    }
+    b = b
+        .with_intra_op_spinning(o.spinning)
+        .map_err(|e| anyhow!("setting intra-op spinning: {e}"))?
+        .with_inter_op_spinning(o.spinning)
+        .map_err(|e| anyhow!("setting inter-op spinning: {e}"))?
+        .with_memory_pattern(o.mem_pattern)
+        .map_err(|e| anyhow!("setting the memory pattern: {e}"))?;
+    Ok(b)
+}
+
+/// Registers the providers for `device` on a fresh builder; returns the builder and the provider
+/// that will run. `Auto` falls back to CPU (and says why in the log).
+fn with_device(
+    env: &Environment,
+    device: Device,
+    o: &SessionOptions,
+) -> Result<(SessionBuilder, Provider)> {
+    let b = base_builder(env, o)?;
+    match device {
+        Device::Cpu => Ok((b, Provider::Cpu)),
+        Device::Cuda => {
+            let b = b
+                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| {
+                    anyhow!(
+                        "--device cuda: the CUDA execution provider could not be registered: {}. {}",
+                        e.message().trim_end_matches('.'),
+                        provider_hint("libonnxruntime_providers_cuda.so")
+                    )
+                })?;
+            Ok((b, Provider::Cuda))
+        }
+        Device::Tensorrt => {
+            let b = b
+                .with_execution_providers([
+                    ep::TensorRT::default().with_engine_cache(true).build().error_on_failure(),
+                    ep::CUDA::default().build().error_on_failure(),
+                ])
+                .map_err(|e| {
+                    anyhow!(
+                        "--device tensorrt: the TensorRT execution provider could not be registered: {}. {}",
+                        e.message().trim_end_matches('.'),
+                        provider_hint("libonnxruntime_providers_tensorrt.so")
+                    )
+                })?;
+            Ok((b, Provider::TensorRt))
+        }
+        Device::Auto => {
+            let available = ep::CUDA::is_available().unwrap_or(false);
+            if !available {
+                tracing::info!(
+                    "device auto: this ONNX Runtime build has no CUDA provider; using CPU"
+                );
+                return Ok((b, Provider::Cpu));
+            }
+            match b.with_execution_providers([ep::CUDA::default().build().error_on_failure()]) {
+                Ok(b) => Ok((b, Provider::Cuda)),
+                Err(e) => {
+                    tracing::warn!(
+                        "device auto: CUDA provider did not register ({}); using CPU",
+                        e.message()
+                    );
+                    Ok((e.recover(), Provider::Cpu))
+                }
+            }
+        }
+    }
+}
+
+/// Builds one session of `graph`. Pass the provider resolved by the first call as `device`
+/// for the following ones so all sessions run on the same provider.
+pub fn build_session(
+    env: &Environment,
+    graph: &Path,
+    device: Device,
+    o: &SessionOptions,
+) -> Result<(Session, Provider)> {
+    let (mut b, provider) = with_device(env, device, o)?;
+    if !o.cpu_arena {
+        // Registered after the device's providers, so it only sets the CPU allocator.
+        b = b
+            .with_execution_providers([ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| anyhow!("disabling the CPU memory arena: {e}"))?;
+    }
+    let session = b
+        .commit_from_file(graph)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("cannot load graph {}", graph.display()))?;
+    Ok((session, provider))
+}
+
+/// The device to request for later sessions once the first one resolved its provider.
+pub fn device_of(p: Provider) -> Device {
+    match p {
+        Provider::Cpu => Device::Cpu,
+        Provider::Cuda => Device::Cuda,
+        Provider::TensorRt => Device::Tensorrt,
+    }
+}
+
+/// How to build the sessions of a model directory.
+#[derive(Debug, Clone)]
+pub struct OrtConfig {
+    /// libonnxruntime (`--ort-lib` / ORT_DYLIB_PATH).
+    pub lib: Option<PathBuf>,
+    pub device: Device,
+    pub session: SessionOptions,
+}
+
+enum Graphs {
+    Split {
+        backbone_rpn: Session,
+        box_head: Session,
+        mask_head: Session,
+    },
+    Single(Session),
+}
+
+/// One session set of a model on ONNX Runtime; features stay in ONNX Runtime's values between
+/// graph (a) and the heads.
+pub struct OrtBackend {
+    graphs: Graphs,
+    provider: Provider,
+    /// Input name of graph (a) / of the single graph.
+    first_input: String,
+    feature_names: Vec<String>,
+    objectness_names: Vec<String>,
+    deltas_names: Vec<String>,
+}
+
+impl OrtBackend {
+    /// Loads `count` session sets of the model in `dir`, all on the provider the first one got
+    /// (so `auto` falls back once, not per session). Needs [`environment`] first.
+    pub fn load(
+        cfg: &OrtConfig,
+        manifest: &Manifest,
+        dir: &Path,
+        layout: Layout,
+        count: usize,
+    ) -> Result<Vec<OrtBackend>> {
+        if count == 0 {
+            bail!("at least one backend is needed");
+        }
+        let env = environment(cfg.lib.as_deref())?;
+        let paths = manifest.graph_paths(dir, layout)?;
+        let mut device = cfg.device;
+        let mut backends = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut sessions = Vec::with_capacity(paths.len());
+            let mut provider = Provider::Cpu;
+            for g in &paths {
+                let (s, p) = build_session(&env, g, device, &cfg.session)?;
+                provider = p;
+                device = device_of(p);
+                sessions.push(s);
+            }
+            backends.push(OrtBackend::new(sessions, provider, manifest, layout)?);
+        }
+        Ok(backends)
+    }
+
+    fn new(
+        sessions: Vec<Session>,
+        provider: Provider,
+        m: &Manifest,
+        layout: Layout,
+    ) -> Result<OrtBackend> {
+        let g = &m.graphs;
+        let mut it = sessions.into_iter();
+        let graphs = match (layout, it.next(), it.next(), it.next()) {
+            (Layout::Split, Some(a), Some(b), Some(c)) => {
+                let outputs: Vec<&str> = g
+                    .feature_names
+                    .iter()
+                    .chain(&g.objectness_names)
+                    .chain(&g.bbox_deltas_names)
+                    .map(String::as_str)
+                    .collect();
+                check_io(&a, &[], &outputs).context("graph backbone_rpn")?;
+                let mut inputs: Vec<&str> = g.feature_names.iter().map(String::as_str).collect();
+                inputs.push("rois");
+                check_io(&b, &inputs, &["class_logits", "box_regression"])
+                    .context("graph box_head")?;
+                inputs.push("labels");
+                check_io(&c, &inputs, &["mask_logits"]).context("graph mask_head")?;
+                Graphs::Split {
+                    backbone_rpn: a,
+                    box_head: b,
+                    mask_head: c,
+                }
+            }
+            (Layout::Single, Some(s), None, None) => {
+                check_io(&s, &[], &["boxes", "labels", "scores", "masks"])
+                    .context("single graph")?;
+                Graphs::Single(s)
+            }
+            _ => bail!("internal: wrong number of graphs for the {layout:?} layout"),
+        };
+        let first = match &graphs {
+            Graphs::Split { backbone_rpn, .. } => backbone_rpn,
+            Graphs::Single(s) => s,
+        };
+        let first_input = first
+            .inputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .context("graph has no input")?;
+        Ok(OrtBackend {
+            graphs,
+            provider,
+            first_input,
+            feature_names: g.feature_names.clone(),
+            objectness_names: g.objectness_names.clone(),
+            deltas_names: g.bbox_deltas_names.clone(),
+        })
+    }
+}
+
+fn run_err<E: std::fmt::Display>(graph: &'static str) -> impl FnOnce(E) -> BackendError {
+    move |e| BackendError::Run {
+        graph,
+        message: e.to_string(),
+    }
+}
+
+/// Shape and data of a float output.
+fn f32_output<'a>(
+    outs: &'a SessionOutputs,
+    graph: &'static str,
+    name: &str,
+) -> Result<(Vec<usize>, &'a [f32]), BackendError> {
+    let v = outs.get(name).ok_or_else(|| BackendError::Shape {
+        graph,
+        message: format!("no output {name}"),
+    })?;
+    let (shape, data) = v.try_extract_tensor::<f32>().map_err(run_err(graph))?;
+    Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
+}
+
+fn rois_tensor(rois: &[Roi]) -> Result<Tensor<f32>, BackendError> {
+    let data: Vec<f32> = rois
+        .iter()
+        .flat_map(|r| {
+            let [x1, y1, x2, y2] = r.bbox;
+            [r.image as f32, x1, y1, x2, y2]
+        })
+        .collect();
+    Tensor::from_array(([rois.len(), 5], data)).map_err(run_err("rois"))
+}
+
+fn feature_inputs<'v>(
+    names: &'v [String],
+    features: &'v [DynValue],
+) -> Vec<(Cow<'v, str>, SessionInputValue<'v>)> {
+    names
+        .iter()
+        .zip(features)
+        .map(|(n, v)| (Cow::Borrowed(n.as_str()), SessionInputValue::from(v.view())))
+        .collect()
+}
+
+impl OrtBackend {
+    pub fn provider_kind(&self) -> Provider {
+        self.provider
+    }
+}
+
+impl Backend for OrtBackend {
+    type Features = Vec<DynValue>;
+
+    fn provider(&self) -> &str {
+        self.provider.name()
+    }
+
+    fn backbone_rpn(
+        &mut self,
+        images: &Batch,
+    ) -> Result<BackboneOutput<Vec<DynValue>>, BackendError> {
+        const G: &str = "backbone_rpn";
+        let Graphs::Split { backbone_rpn, .. } = &mut self.graphs else {
+            return Err(BackendError::WrongLayout("single"));
+        };
+        let shape = [images.batch, 3, images.height, images.width];
+        let input =
+            TensorRef::from_array_view((shape, images.data.as_slice())).map_err(run_err(G))?;
+        let mut outs = backbone_rpn
+            .run(vec![(
+                self.first_input.as_str(),
+                SessionInputValue::from(input),
+            )])
+            .map_err(run_err(G))?;
+        let mut rpn = Vec::with_capacity(self.objectness_names.len());
+        for (on, dn) in self.objectness_names.iter().zip(&self.deltas_names) {
+            let (os, od) = f32_output(&outs, G, on)?;
+            let (ds, dd) = f32_output(&outs, G, dn)?;
+            if os.len() != 4
+                || ds.len() != 4
+                || os[0] != images.batch
+                || ds[0] != images.batch
+                || ds[1] != os[1] * 4
+                || ds[2..] != os[2..]
+            {
+                return Err(BackendError::Shape {
+                    graph: G,
+                    message: format!("unexpected shapes {on} {os:?}, {dn} {ds:?}"),
+                });
+            }
+            rpn.push(RpnLevel {
+                objectness: od.to_vec(),
+                deltas: dd.to_vec(),
+                num_anchors: os[1],
+                height: os[2],
+                width: os[3],
+            });
+        }
+        let features = self
+            .feature_names
+            .iter()
+            .map(|n| {
+                outs.remove(n.as_str()).ok_or_else(|| BackendError::Shape {
+                    graph: G,
+                    message: format!("no output {n}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BackboneOutput { features, rpn })
+    }
+
+    fn box_head(
+        &mut self,
+        features: &Vec<DynValue>,
+        rois: &[Roi],
+    ) -> Result<BoxHeadOutput, BackendError> {
+        const G: &str = "box_head";
+        let Graphs::Split { box_head, .. } = &mut self.graphs else {
+            return Err(BackendError::WrongLayout("single"));
+        };
+        let mut inputs = feature_inputs(&self.feature_names, features);
+        inputs.push((
+            Cow::Borrowed("rois"),
+            SessionInputValue::from(rois_tensor(rois)?),
+        ));
+        let outs = box_head.run(inputs).map_err(run_err(G))?;
+        let (ls, logits) = f32_output(&outs, G, "class_logits")?;
+        let (rs, regr) = f32_output(&outs, G, "box_regression")?;
+        if ls.len() != 2 || ls[0] != rois.len() || rs != [rois.len(), ls[1] * 4] {
+            return Err(BackendError::Shape {
+                graph: G,
+                message: format!("shapes {ls:?} / {rs:?} for {} rois", rois.len()),
+            });
+        }
+        Ok(BoxHeadOutput {
+            class_logits: logits.to_vec(),
+            box_regression: regr.to_vec(),
+        })
+    }
+
+    fn mask_head(
+        &mut self,
+        features: &Vec<DynValue>,
+        rois: &[Roi],
+        labels: &[i64],
+    ) -> Result<Vec<f32>, BackendError> {
+        const G: &str = "mask_head";
+        let Graphs::Split { mask_head, .. } = &mut self.graphs else {
+            return Err(BackendError::WrongLayout("single"));
+        };
+        let labels = Tensor::from_array(([labels.len()], labels.to_vec())).map_err(run_err(G))?;
+        let mut inputs = feature_inputs(&self.feature_names, features);
+        inputs.push((
+            Cow::Borrowed("rois"),
+            SessionInputValue::from(rois_tensor(rois)?),
+        ));
+        inputs.push((Cow::Borrowed("labels"), SessionInputValue::from(labels)));
+        let outs = mask_head.run(inputs).map_err(run_err(G))?;
+        let (s, logits) = f32_output(&outs, G, "mask_logits")?;
+        if s.len() != 4 || s[0] != rois.len() || s[1] != 1 || s[2] != s[3] {
+            return Err(BackendError::Shape {
+                graph: G,
+                message: format!("mask_logits shape {s:?} for {} rois", rois.len()),
+            });
+        }
+        Ok(logits.to_vec())
+    }
+
+    fn single(
+        &mut self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+    ) -> Result<SingleOutput, BackendError> {
+        const G: &str = "single graph";
+        let Graphs::Single(session) = &mut self.graphs else {
+            return Err(BackendError::WrongLayout("split"));
+        };
+        let input = TensorRef::from_array_view(([3, height, width], image)).map_err(run_err(G))?;
+        let outs = session
+            .run(vec![(
+                self.first_input.as_str(),
+                SessionInputValue::from(input),
+            )])
+            .map_err(run_err(G))?;
+        let (_, boxes) = f32_output(&outs, G, "boxes")?;
+        let (_, scores) = f32_output(&outs, G, "scores")?;
+        let labels = outs
+            .get("labels")
+            .ok_or_else(|| BackendError::Shape {
+                graph: G,
+                message: "no output labels".into(),
+            })?
+            .try_extract_tensor::<i64>()
+            .map_err(run_err(G))?
+            .1
+            .to_vec();
+        let (ms, masks) = f32_output(&outs, G, "masks")?;
+        let n = scores.len();
+        if boxes.len() != n * 4
+            || labels.len() != n
+            || ms.len() != 4
+            || ms[0] != n
+            || ms[2] != ms[3]
+        {
+            return Err(BackendError::Shape {
+                graph: G,
+                message: format!("inconsistent outputs (masks {ms:?})"),
+            });
+        }
+        Ok(SingleOutput {
+            boxes: boxes
+                .chunks_exact(4)
+                .map(|b| [b[0], b[1], b[2], b[3]])
+                .collect(),
+            labels,
+            scores: scores.to_vec(),
+            masks: masks.to_vec(),
+            mask_size: ms[2],
+        })
+    }
+}
+
+/// Checks that the graph has the inputs and outputs the manifest and format promise.
+fn check_io(s: &Session, inputs: &[&str], outputs: &[&str]) -> Result<()> {
+    let have_in: Vec<&str> = s.inputs().iter().map(|o| o.name()).collect();
+    let have_out: Vec<&str> = s.outputs().iter().map(|o| o.name()).collect();
+    for i in inputs {
+        if !have_in.contains(i) {
+            bail!("missing input {i:?} (has {have_in:?})");
+        }
+    }
+    for o in outputs {
+        if !have_out.contains(o) {
+            bail!("missing output {o:?} (has {have_out:?})");
+        }
+    }
+    Ok(())
+}
