@@ -426,6 +426,25 @@ fn is_json(res: &HttpResponse<BoxBody>) -> bool {
         .unwrap_or(false)
 }
 
+/// An error response actix wrote itself (plain text), rewritten as our JSON error with the
+/// same status, `Allow` and `Retry-After`.
+fn as_json_error(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
+    let status = res.status();
+    let message = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let (request, old) = res.into_parts();
+    let mut new = json_error(status, &message, None);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = old.headers().get(&name) {
+            new.headers_mut().insert(name.clone(), v.clone());
+        }
+    }
+    ServiceResponse::new(request, new)
+}
+
 /// Middleware around every request: request id (taken or generated, echoed in
 /// `X-Request-Id`), a tracing span, request metrics, one log line, and JSON bodies for the
 /// errors actix produces itself (unknown routes, payload errors, panics in extractors).
@@ -472,19 +491,7 @@ pub async fn observe(
     };
     let status = res.status();
     if (status.is_client_error() || status.is_server_error()) && !is_json(res.response()) {
-        let message = res
-            .response()
-            .error()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-        let (request, old) = res.into_parts();
-        let mut new = json_error(status, &message, None);
-        for name in [header::ALLOW, header::RETRY_AFTER] {
-            if let Some(v) = old.headers().get(&name) {
-                new.headers_mut().insert(name.clone(), v.clone());
-            }
-        }
-        res = ServiceResponse::new(request, new);
+        res = as_json_error(res);
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()

@@ -39,6 +39,45 @@ fn load(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Ready> {
     })
 }
 
+/// Loads the model on a background thread, so the port answers (503) meanwhile; the outcome
+/// lands in `state.model` for /ping and /invocations.
+fn spawn_loader(args: &ServeArgs, state: web::Data<AppState>) -> Result<()> {
+    let args = args.clone();
+    std::thread::Builder::new()
+        .name("model-loader".into())
+        .spawn(move || {
+            if let Some(ms) = args.debug_load_delay_ms {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            let t0 = Instant::now();
+            let outcome = load(&args, &state.metrics);
+            let secs = t0.elapsed().as_secs_f64();
+            match &outcome {
+                Ok(ready) => {
+                    state.metrics.model_load_seconds.set(secs);
+                    state.metrics.model_ready.set(1);
+                    state
+                        .metrics
+                        .execution_provider
+                        .with_label_values(&[ready.engine.provider()])
+                        .set(1.0);
+                    tracing::info!(
+                        load_seconds = secs,
+                        execution_provider = %ready.engine.provider(),
+                        "model ready"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "model failed to load; /ping will answer 503"
+                ),
+            }
+            let _ = state.model.set(outcome.map_err(|e| format!("{e:#}")));
+        })
+        .context("starting the model loader thread")?;
+    Ok(())
+}
+
 /// Runs the server until SIGTERM/SIGINT; returns once in-flight requests have finished.
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = args.settings()?;
@@ -69,42 +108,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         "listening; loading the model"
     );
 
-    {
-        let state = state.clone();
-        let args = args.clone();
-        std::thread::Builder::new()
-            .name("model-loader".into())
-            .spawn(move || {
-                if let Some(ms) = args.debug_load_delay_ms {
-                    std::thread::sleep(Duration::from_millis(ms));
-                }
-                let t0 = Instant::now();
-                let outcome = load(&args, &state.metrics);
-                let secs = t0.elapsed().as_secs_f64();
-                match &outcome {
-                    Ok(ready) => {
-                        state.metrics.model_load_seconds.set(secs);
-                        state.metrics.model_ready.set(1);
-                        state
-                            .metrics
-                            .execution_provider
-                            .with_label_values(&[ready.engine.provider()])
-                            .set(1.0);
-                        tracing::info!(
-                            load_seconds = secs,
-                            execution_provider = %ready.engine.provider(),
-                            "model ready"
-                        );
-                    }
-                    Err(e) => tracing::error!(
-                        error = format!("{e:#}"),
-                        "model failed to load; /ping will answer 503"
-                    ),
-                }
-                let _ = state.model.set(outcome.map_err(|e| format!("{e:#}")));
-            })
-            .context("starting the model loader thread")?;
-    }
+    spawn_loader(&args, state.clone())?;
 
     let shutdown_timeout = args.shutdown_timeout;
     let http_workers = args.http_workers.max(1);
