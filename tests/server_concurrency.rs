@@ -134,3 +134,72 @@ fn ping_stays_under_2s_while_workers_are_saturated() {
         "worst /ping latency {worst:?}"
     );
 }
+
+/// Value of an unlabelled (or fully labelled) metric line in the /metrics text.
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Clients that hang up while their request waits: the engine drops their images (no graph
+/// run) and the server keeps serving.
+#[test]
+fn abandoned_requests_do_not_run() {
+    use std::io::Write;
+    let model = model_or_skip!();
+    let png = sample_images(&model).remove(0);
+    let mut s = Server::start(
+        Some(&model),
+        &[
+            "--workers",
+            "1",
+            "--max-batch-size",
+            "1",
+            "--debug-delay-ms",
+            "1000",
+        ],
+        &[],
+    );
+    s.wait_ready(READY);
+    let port = s.port;
+    let kept = {
+        let png = png.clone();
+        std::thread::spawn(move || {
+            request(
+                port,
+                "POST",
+                "/invocations",
+                &[("Content-Type", "image/png")],
+                &png,
+            )
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            c,
+            "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+            png.len()
+        )
+        .unwrap();
+        c.write_all(&png).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+    }
+    assert_eq!(kept.join().unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = s.post("image/png", &png, &[]);
+    assert_eq!(after.status, 200, "{}", after.text());
+    let m = s.get("/metrics").text();
+    assert_eq!(metric(&m, "maskserve_batch_size_count"), 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "maskserve_jobs_discarded_total{reason=\"client_gone\"}"),
+        3.0,
+        "{m}"
+    );
+}

@@ -13,10 +13,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::Instrument;
 
+use super::connection::PeerSocket;
 use super::error::{json_error, ApiError};
 use super::request::{self, negotiation, options};
 use super::response;
-use crate::engine::{Engine, JobError};
+use crate::engine::{Engine, JobError, JobResult};
 use crate::metrics::{self, Metrics};
 use crate::types::{ImageResult, PredictOptions};
 
@@ -33,6 +34,12 @@ const DRAIN_CAP: usize = 16 << 20;
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_LOADING: u32 = 5;
 const RETRY_AFTER_OVERLOADED: u32 = 1;
+/// How often a waiting invocation checks that its client is still connected.
+const PEER_CHECK: Duration = Duration::from_millis(50);
+/// nginx's status for a request whose client went away (logged; nobody receives it).
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
 
 /// `GET /execution-parameters` for batch transform.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -232,7 +239,8 @@ async fn invocations(
     let deadline = start + state.settings.timeout;
     let ready = state.ready()?;
     let inv = read_invocation(&req, payload, &state, start, deadline).await?;
-    let results = infer(&ready.engine, &state, inv.items, deadline).await?;
+    let peer = req.conn_data::<PeerSocket>().copied();
+    let results = infer(&ready.engine, &state, inv.items, deadline, peer).await?;
     let t_encode = Instant::now();
     let body = response::encode_response(&inv.parsed, &results, &inv.format)?;
     state
@@ -323,11 +331,42 @@ async fn read_invocation(
 }
 
 /// Submits the images to the engine and waits for all of them until `deadline`.
+enum Waited {
+    Done(JobResult),
+    Deadline,
+    ClientGone,
+    Stopped,
+}
+
+/// Waits for the engine's answer until `deadline`, checking every [`PEER_CHECK`] that the
+/// client is still there.
+async fn wait(
+    mut rx: tokio::sync::oneshot::Receiver<JobResult>,
+    deadline: Instant,
+    peer: Option<PeerSocket>,
+) -> Waited {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut tick = tokio::time::interval(PEER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = &mut rx => return r.map_or(Waited::Stopped, Waited::Done),
+            () = tokio::time::sleep_until(deadline) => return Waited::Deadline,
+            _ = tick.tick() => {
+                if peer.is_some_and(|p| p.closed()) {
+                    return Waited::ClientGone;
+                }
+            }
+        }
+    }
+}
+
 async fn infer(
     engine: &Engine,
     state: &AppState,
     items: Vec<(Vec<u8>, PredictOptions)>,
     deadline: Instant,
+    peer: Option<PeerSocket>,
 ) -> Result<Vec<ImageResult>, ApiError> {
     let n = items.len();
     let rx = engine.submit(items, deadline).map_err(|_| {
@@ -347,10 +386,9 @@ async fn infer(
             state.settings.timeout.as_secs_f64()
         ))
     };
-    let outcome = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await
-    {
-        // Dropping `rx` here tells the engine to drop the images not yet run.
-        Err(_) => {
+    let outcome = match wait(rx, deadline, peer).await {
+        // Dropping the receiver here tells the engine to drop the images not yet run.
+        Waited::Deadline => {
             state
                 .metrics
                 .discarded
@@ -358,8 +396,15 @@ async fn infer(
                 .inc();
             return Err(timeout_msg());
         }
-        Ok(Err(_)) => return Err(ApiError::internal("the inference engine stopped")),
-        Ok(Ok(outcome)) => outcome,
+        // The engine counts it (`client_gone`) when it drops the images.
+        Waited::ClientGone => {
+            return Err(ApiError::new(
+                client_closed_request(),
+                "the client closed the connection",
+            ));
+        }
+        Waited::Stopped => return Err(ApiError::internal("the inference engine stopped")),
+        Waited::Done(outcome) => outcome,
     };
     match outcome {
         Ok(r) => Ok(r),

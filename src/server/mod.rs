@@ -7,6 +7,7 @@
 //! error if loading failed. SIGTERM stops accepting, lets in-flight requests finish (up to
 //! `--shutdown-timeout`, under SageMaker's 30 s SIGKILL), and exits 0.
 
+pub mod connection;
 pub mod error;
 pub mod http;
 pub mod request;
@@ -132,6 +133,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .default_service(web::to(http::not_found))
                 .wrap(middleware::from_fn(http::observe))
         })
+        .on_connect(connection::on_connect)
         .workers(http_workers)
         .shutdown_timeout(shutdown_timeout)
         .listen(listener)?
