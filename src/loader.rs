@@ -30,25 +30,22 @@ pub fn load(
     let cpus = available_cpus();
     let mut plan = plan_for(Provider::expected(device), cpus)?;
     let manifest = Manifest::load(&plan.model_dir)?;
-    let mut backends = OrtBackend::load(
-        &plan.ort,
-        &manifest,
-        &plan.model_dir,
-        plan.layout,
-        plan.backends,
-    )?;
-    let provider = backends.first().map(|b| b.provider_kind());
-    if let Some(actual) = provider.filter(|&p| Provider::expected(device) != p) {
-        // `auto` fell back to CPU: its defaults differ from the GPU's, so plan again.
-        plan = plan_for(actual, cpus)?;
-        drop(backends);
-        backends = OrtBackend::load(
+    let build = |plan: &Plan| {
+        OrtBackend::load(
             &plan.ort,
             &manifest,
             &plan.model_dir,
             plan.layout,
             plan.backends,
-        )?;
+        )
+    };
+    let mut backends = build(&plan)?;
+    let provider = backends.first().map(|b| b.provider_kind());
+    if let Some(actual) = provider.filter(|&p| Provider::expected(device) != p) {
+        // `auto` fell back to CPU: its defaults differ from the GPU's, so plan again.
+        plan = plan_for(actual, cpus)?;
+        drop(backends);
+        backends = build(&plan)?;
     }
     tracing::info!(
         model = %manifest.name,
