@@ -16,10 +16,11 @@ MASK_IOU = 0.97
 CONFIDENT = 0.5
 
 
-def invoke(url: str, image: Path) -> dict[str, Any]:
+def invoke(url: str, image: Path, path: str = "/invocations") -> dict[str, Any]:
+    """POST the image to `url` + `path` (TorchServe: /predictions/<model>); the JSON answer."""
     ctype = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
     req = urllib.request.Request(
-        f"{url}/invocations",
+        f"{url}{path}",
         data=image.read_bytes(),
         headers={"Content-Type": ctype, "Accept": "application/json"},
     )
@@ -73,10 +74,12 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_servers(url_a: str, url_b: str, images: list[Path]) -> dict[str, Any]:
+def check_servers(
+    url_a: str, url_b: str, images: list[Path], path_a: str = "/invocations", path_b: str = "/invocations"
+) -> dict[str, Any]:
     per = {}
     for im in images:
-        per[im.name] = compare(invoke(url_a, im), invoke(url_b, im))
+        per[im.name] = compare(invoke(url_a, im, path_a), invoke(url_b, im, path_b))
     return {
         "images": len(per),
         "identical": sum(v["same"] for v in per.values()),

@@ -1,7 +1,9 @@
-"""One benchmark run: the ONNX Runtime floor, maskserve over HTTP and the Python reference server,
-on the same machine and the same images, with the reference's answers checked against maskserve's.
+"""One benchmark run: the ONNX Runtime floor, maskserve over HTTP, the Python reference server and
+(with --torchserve) TorchServe serving the PyTorch checkpoint, on the same machine and the same
+images, with the reference's and TorchServe's answers checked against maskserve's.
 
     python -m loadtests.bench.run --model models/shapes
+    python -m loadtests.bench.run --model models/shapes --torchserve --torchserve-workers 2
     python -m loadtests.bench.run --model model-export/work/r50 --hd 8 --duration 60
 
 Writes loadtests/results/bench-<name>.json and .md (the table) and prints the table.
@@ -20,11 +22,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..torchserve import archive
 from . import compare, floor, images, procs, report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,12 +84,13 @@ def floor_inputs(model_dir: Path, files: list[Path], path: Path) -> None:
     np.savez(path, **arrays)
 
 
-def k6(scenario: str, url: str, files: list[Path], out: Path, env: dict[str, str]) -> dict[str, Any]:
+def k6(scenario: str, srv: procs.Server, files: list[Path], out: Path, env: dict[str, str]) -> dict[str, Any]:
     summary = out / f"k6-{scenario}-{int(time.time() * 1000)}.json"
     full = {
         **os.environ,
         "K6_NO_USAGE_REPORT": "true",
-        "TARGET_URL": url,
+        "TARGET_URL": srv.url,
+        "INVOKE_PATH": srv.invoke_path,
         "IMAGE_FILES": ",".join(str(p.resolve()) for p in files),
         "SUMMARY_FILE": str(summary),
         "P95_MS": "600000",
@@ -140,22 +145,22 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def warm_up(url: str, files: list[Path], n: int) -> None:
+def warm_up(srv: procs.Server, files: list[Path], n: int) -> None:
     with concurrent.futures.ThreadPoolExecutor(n) as ex:
-        list(ex.map(lambda i: compare.invoke(url, files[i % len(files)]), range(n)))
+        list(ex.map(lambda i: compare.invoke(srv.url, files[i % len(files)], srv.invoke_path), range(n)))
 
 
 def measure(srv: procs.Server, a: argparse.Namespace, files: list[Path], rates: list[float], out: Path) -> dict:
     pid = srv.proc.pid
     env = {"CONTENT_TYPE": a.content_type, "DURATION": f"{a.duration}s"}
     c0, t0 = procs.cpu_seconds(pid), time.monotonic()
-    sat = k6("saturation", srv.url, files, out, {**env, "VUS": str(a.vus)})
+    sat = k6("saturation", srv, files, out, {**env, "VUS": str(a.vus)})
     sat["cpu_cores"] = (procs.cpu_seconds(pid) - c0) / (time.monotonic() - t0)
     res: dict[str, Any] = {"saturation": sat, "rates": []}
     for r in rates:
         c0, t0 = procs.cpu_seconds(pid), time.monotonic()
         vus = str(max(4, int(r * 4) + 2))
-        x = k6("constant", srv.url, files, out, {**env, "RATE": str(r), "VUS": vus})
+        x = k6("constant", srv, files, out, {**env, "RATE": str(r), "VUS": vus})
         x["rate"] = r
         x["cpu_cores"] = (procs.cpu_seconds(pid) - c0) / (time.monotonic() - t0)
         res["rates"].append(x)
@@ -204,20 +209,111 @@ def start_reference(a: argparse.Namespace, out: Path) -> procs.Server:
     return procs.start("reference", cmd, port, out / "bench-reference.log", env)
 
 
+def torchserve_workers(a: argparse.Namespace) -> int:
+    return a.torchserve_workers or a.workers
+
+
+def torchserve_threads(a: argparse.Namespace) -> int:
+    return a.torchserve_threads or floor.default_threads(torchserve_workers(a))
+
+
+def torchserve_work(a: argparse.Namespace) -> Path:
+    return (a.out / "torchserve").resolve()
+
+
+def build_torchserve(a: argparse.Namespace) -> None:
+    """The .mar, once per run, in <out>/torchserve (logs go to <out>/torchserve/logs)."""
+    work = torchserve_work(a)
+    archive.clean(work)
+    archive.build_mar(a.model, work, torchserve_threads(a), torchserve_workers(a))
+
+
+def start_torchserve(a: argparse.Namespace, out: Path) -> procs.Server:
+    """TorchServe on three free 127.0.0.1 ports; ready when all its workers are READY."""
+    ports = (procs.free_port(), procs.free_port(), procs.free_port())
+    s = archive.setup(torchserve_work(a), ports, torchserve_workers(a), a.torchserve_queue)
+    srv = procs.start("torchserve", s.cmd, s.port, out / "bench-torchserve.log", s.env, cwd=s.work, group=True)
+    srv.invoke_path = s.invoke_path
+    srv.ready = lambda: archive.workers_ready(s.management_url, torchserve_workers(a))
+    return srv
+
+
+Starter = Callable[[argparse.Namespace, Path], procs.Server]
+
+
+def others(a: argparse.Namespace) -> list[tuple[str, Starter]]:
+    """The servers compared with maskserve: the reference, TorchServe (in this order)."""
+    out: list[tuple[str, Starter]] = []
+    if not a.skip_reference:
+        out.append(("reference", start_reference))
+    if a.torchserve:
+        out.append(("torchserve", start_torchserve))
+    return out
+
+
+CHECK_KEY = {"reference": "check", "torchserve": "check_torchserve"}
+
+
+def output_check(ms: procs.Server, other: procs.Server, all_files: list[Path]) -> dict[str, Any]:
+    """maskserve's answers against `other`'s, PNG and JPEG inputs apart."""
+    res = {}
+    for ct in ("image/png", "image/jpeg"):
+        if subset := of_type(all_files, ct, required=False):
+            res[ct] = compare.check_servers(ms.url, other.url, subset, ms.invoke_path, other.invoke_path)
+    return res
+
+
 def check_only(a: argparse.Namespace, all_files: list[Path]) -> None:
-    up = [start_maskserve(a, a.out), start_reference(a, a.out)]
+    if a.torchserve:
+        build_torchserve(a)
+    ms = start_maskserve(a, a.out)
+    up = {name: fn(a, a.out) for name, fn in others(a)}
+    res: dict[str, Any] = {}
     try:
-        for s in up:
+        for s in [ms, *up.values()]:
             s.wait_ready(600)
-        res = {}
-        for ct in ("image/png", "image/jpeg"):
-            if subset := of_type(all_files, ct, required=False):
-                res[ct] = compare.check_servers(up[0].url, up[1].url, subset)
+        for name, s in up.items():
+            res[CHECK_KEY[name]] = output_check(ms, s, all_files)
     finally:
-        for s in up:
+        for s in [ms, *up.values()]:
             s.stop()
     (a.out / f"check-{a.name or a.model.name}.json").write_text(json.dumps(res, indent=2))
-    print(report.markdown({"check": res}), end="")
+    print(report.markdown(res), end="")
+
+
+def start_ready(fn: Starter, a: argparse.Namespace, files: list[Path]) -> procs.Server:
+    """Started, ready, and warmed up with two requests per worker."""
+    srv = fn(a, a.out)
+    srv.wait_ready(600)
+    warm_up(srv, files, 2 * (torchserve_workers(a) if srv.name == "torchserve" else a.workers))
+    return srv
+
+
+def servers(a: argparse.Namespace, files: list[Path], all_files: list[Path], rates: list[float]) -> dict[str, Any]:
+    """maskserve up; each other server started, its answers checked against maskserve's, stopped.
+    Then maskserve measured alone, and each other server alone, restarted so that its peak RSS is
+    the measurement's."""
+    result: dict[str, Any] = {}
+    up: dict[str, procs.Server] = {}
+    try:
+        up["maskserve"] = start_ready(start_maskserve, a, files)
+        for name, fn in others(a):
+            up[name] = start_ready(fn, a, files)
+            print(f"== output check vs {name}", flush=True)
+            result[CHECK_KEY[name]] = output_check(up["maskserve"], up[name], all_files)
+            up.pop(name).stop()
+        print("== maskserve", flush=True)
+        result["maskserve"] = measure(up["maskserve"], a, files, rates, a.out)
+        up.pop("maskserve").stop()
+        for name, fn in others(a):
+            up[name] = start_ready(fn, a, files)
+            print(f"== {name}", flush=True)
+            result[name] = measure(up[name], a, files, rates, a.out)
+            up.pop(name).stop()
+    finally:
+        for s in up.values():
+            s.stop()
+    return result
 
 
 def machine() -> dict[str, Any]:
@@ -244,7 +340,11 @@ def main() -> None:
     ap.add_argument("--rate-fractions", default="0.5,0.8", help="fixed arrival rates, fractions of the floor's")
     ap.add_argument("--maskserve-bin", type=Path, default=ROOT / "target" / "release" / "maskserve")
     ap.add_argument("--skip-reference", action="store_true")
-    ap.add_argument("--check-only", action="store_true", help="only compare maskserve's and the reference's answers")
+    ap.add_argument("--torchserve", action="store_true", help="also measure TorchServe serving checkpoint.pt")
+    ap.add_argument("--torchserve-workers", type=int, default=0, help="TorchServe workers (0: --workers)")
+    ap.add_argument("--torchserve-threads", type=int, default=0, help="torch threads per worker (0: CPUs / workers)")
+    ap.add_argument("--torchserve-queue", type=int, default=100, help="TorchServe job_queue_size")
+    ap.add_argument("--check-only", action="store_true", help="only check the others' answers against maskserve's")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
     ap.add_argument("--name", default="")
     a = ap.parse_args()
@@ -274,33 +374,9 @@ def main() -> None:
     floor_res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
     result["floor"] = floor_res
     rates = [r["rate"] for r in floor_res["rates"]]
-
-    servers = [("maskserve", start_maskserve)] + ([] if a.skip_reference else [("reference", start_reference)])
-    up: dict[str, procs.Server] = {}
-    try:
-        for sname, fn in servers:
-            up[sname] = fn(a, a.out)
-            up[sname].wait_ready(600)
-            warm_up(up[sname].url, files, 2 * a.workers)
-        if "reference" in up:
-            print("== output check", flush=True)
-            result["check"] = {}
-            for ct in ("image/png", "image/jpeg"):
-                if subset := of_type(all_files, ct, required=False):
-                    result["check"][ct] = compare.check_servers(up["maskserve"].url, up["reference"].url, subset)
-            up["reference"].stop()
-        print("== maskserve", flush=True)
-        result["maskserve"] = measure(up["maskserve"], a, files, rates, a.out)
-        up["maskserve"].stop()
-        if "reference" in up:
-            up["reference"] = start_reference(a, a.out)
-            up["reference"].wait_ready(600)
-            warm_up(up["reference"].url, files, 2 * a.workers)
-            print("== reference", flush=True)
-            result["reference"] = measure(up["reference"], a, files, rates, a.out)
-    finally:
-        for s in up.values():
-            s.stop()
+    if a.torchserve:
+        build_torchserve(a)
+    result.update(servers(a, files, all_files, rates))
     (a.out / f"bench-{name}.json").write_text(json.dumps(result, indent=2))
     table = report.markdown(result)
     (a.out / f"bench-{name}.md").write_text(table)

@@ -2,6 +2,7 @@
 //
 // Environment:
 //   TARGET_URL    server base URL (default http://127.0.0.1:8080); load goes to localhost only
+//   INVOKE_PATH   where the requests are POSTed (default /invocations; TorchServe: /predictions/<model>)
 //   IMAGE_FILES   comma-separated image paths (loadtests/run.sh sets it from IMAGES)
 //   IMAGES        directory with an index.txt (one file name a line), when IMAGE_FILES is unset
 //   CONTENT_TYPE  image/png | image/jpeg | application/json (TF-Serving instances) |
@@ -13,6 +14,7 @@ import encoding from 'k6/encoding';
 import { check } from 'k6';
 
 export const TARGET = (__ENV.TARGET_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
+export const INVOKE_PATH = __ENV.INVOKE_PATH || '/invocations';
 export const CONTENT_TYPE = __ENV.CONTENT_TYPE || 'image/jpeg';
 export const KINDS = ['image/png', 'image/jpeg', 'application/json', 'seed'];
 const LIMIT = parseInt(__ENV.IMAGE_LIMIT || '16', 10);
@@ -97,11 +99,11 @@ function parse(res) {
   }
 }
 
-// One /invocations request of `kind` (the n-th of `bodies[kind]`, cycling), with checks.
+// One INVOKE_PATH (/invocations) request of `kind` (the n-th of `bodies[kind]`, cycling), with checks.
 export function invoke(bodies, kind, n) {
   const list = bodies[kind];
   const item = list[n % list.length];
-  const res = http.post(`${TARGET}/invocations`, item.body, {
+  const res = http.post(`${TARGET}${INVOKE_PATH}`, item.body, {
     headers: { 'Content-Type': item.ct, Accept: 'application/json' },
     tags: { kind },
     timeout: __ENV.REQUEST_TIMEOUT || '60s',

@@ -1,0 +1,1 @@
+"""TorchServe serving a model directory's PyTorch checkpoint (the benchmark's TorchServe row)."""
