@@ -79,6 +79,37 @@ def check_line(kind: str, c: dict[str, Any], against: str) -> str:
     )
 
 
+def floors_line(res: dict[str, Any]) -> str:
+    """Each floor configuration's saturation throughput; the best is the baseline (a)."""
+    if len(res.get("floors", [])) < 2:
+        return ""
+    parts = [f"{f['sessions']}×{f['threads']}: {_tp(f):.2f}/s" for f in res["floors"]]
+    best = res["floor"]
+    return (
+        f"\nfloor configurations (sessions × ORT threads): {', '.join(parts)}; "
+        f"baseline (a) = the best, {best['sessions']}×{best['threads']}\n"
+    )
+
+
+def batching_table(res: dict[str, Any]) -> str:
+    """maskserve at each --max-batch-size of the sweep."""
+    runs, floor = res.get("batching"), res.get("floor")
+    if not runs:
+        return ""
+    rates = [r["rate"] for r in floor["rates"]] if floor else []
+    head = ["--max-batch-size", "images/s (saturation)", "× floor", "mean batch (whole run)"]
+    head += [f"p50/p95/p99 ms @ {r:g}/s" for r in rates] + ["CPU cores (sat.)", "peak RSS MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, r in runs.items():
+        tp = _tp(r)
+        mean = r.get("mean_batch_size")
+        cells = [b, f"{tp:.2f}", _ratio(tp, _tp(floor)), f"{mean:.2f}" if mean else "–"]
+        cells += [_lat(x) for x in r["rates"]]
+        cells += [f"{r['saturation']['cpu_cores']:.2f}", f"{r['peak_rss_mib']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\nmaskserve by batch size (other settings as (b)):\n\n" + "\n".join(lines) + "\n"
+
+
 def markdown(res: dict[str, Any]) -> str:
     floor, ms, ref, ts = res.get("floor"), res.get("maskserve"), res.get("reference"), res.get("torchserve")
     floor_tp = _tp(floor)
@@ -94,7 +125,11 @@ def markdown(res: dict[str, Any]) -> str:
         out += versus(ms, ts, "TorchServe")
     if ms and ms.get("stage_mean_ms"):
         stages = ", ".join(f"{k} {v:.1f}" for k, v in ms["stage_mean_ms"].items())
-        out += f"\nmaskserve mean ms per stage (/metrics, whole run): {stages}\n"
+        out += f"\nmaskserve mean ms per stage (/metrics, whole run): {stages}"
+        if ms.get("mean_batch_size"):
+            out += f"; mean batch {ms['mean_batch_size']:.2f} images"
+        out += "\n"
+    out += floors_line(res) + batching_table(res)
     for key, against in CHECKS:
         for kind, c in res.get(key, {}).items():
             out += check_line(kind, c, against)

@@ -167,6 +167,7 @@ def measure(srv: procs.Server, a: argparse.Namespace, files: list[Path], rates: 
     res["peak_rss_mib"] = procs.peak_rss_mib(pid)
     if srv.name == "maskserve":
         res["stage_mean_ms"] = stage_means(srv.url)
+        res["mean_batch_size"] = mean_batch_size(srv.url)
     return res
 
 
@@ -186,35 +187,61 @@ def stage_means(url: str) -> dict[str, float]:
     return {k: round(1e3 * v / counts[k], 3) for k, v in sums.items() if counts.get(k)}
 
 
-def start_maskserve(a: argparse.Namespace, out: Path) -> procs.Server:
+def mean_batch_size(url: str) -> float | None:
+    """Images per graph run over the whole run (maskserve_batch_size_sum / _count)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+        values = dict(
+            ln.rsplit(" ", 1) for ln in r.read().decode().splitlines() if ln.startswith("maskserve_batch_size_")
+        )
+    n = float(values.get("maskserve_batch_size_count", 0))
+    return round(float(values["maskserve_batch_size_sum"]) / n, 3) if n else None
+
+
+def start_maskserve(a: argparse.Namespace, out: Path, extra: list[str] | None = None) -> procs.Server:
+    """maskserve with no engine flags (its machine-derived defaults) unless --workers/--threads
+    or --maskserve-arg say otherwise."""
     port = procs.free_port()
     cmd = [str(a.maskserve_bin), "serve", "--model-dir", str(a.model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--device", "cpu", "--workers", str(a.workers), "--http-workers", str(a.http_workers)]
+    if a.workers:
+        cmd += ["--workers", str(a.workers)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
-    cmd += a.maskserve_arg
-    env = {"MASKSERVE_ORT_SPINNING": "1" if a.spinning else "0"}
+    if a.http_workers:
+        cmd += ["--http-workers", str(a.http_workers)]
+    cmd += a.maskserve_arg + (extra or [])
+    env = {"MASKSERVE_ORT_SPINNING": "1"} if a.spinning else {}
     return procs.start("maskserve", cmd, port, out / "bench-maskserve.log", env)
+
+
+def peer_workers(a: argparse.Namespace) -> int:
+    """Workers of the other servers: --workers, else the best floor configuration's sessions."""
+    return a.workers or a.best_floor[0]
+
+
+def peer_threads(a: argparse.Namespace) -> int:
+    return a.threads or (a.best_floor[1] if not a.workers else floor.default_threads(a.workers))
 
 
 def start_reference(a: argparse.Namespace, out: Path) -> procs.Server:
     port = procs.free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "-w", str(a.workers), "--threads", "1", "-b", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "gunicorn", "-w", str(peer_workers(a)), "--threads", "1", "-b", f"127.0.0.1:{port}"]
     cmd += ["--timeout", "900", "--chdir", str(ROOT / "loadtests" / "reference_server"), "app:app"]
     env = {
         "REF_MODEL_DIR": str(a.model.resolve()),
-        "REF_THREADS": str(a.threads or floor.default_threads(a.workers)),
+        "REF_THREADS": str(peer_threads(a)),
         "REF_SPINNING": "1" if a.spinning else "0",
     }
     return procs.start("reference", cmd, port, out / "bench-reference.log", env)
 
 
 def torchserve_workers(a: argparse.Namespace) -> int:
-    return a.torchserve_workers or a.workers
+    return a.torchserve_workers or peer_workers(a)
 
 
 def torchserve_threads(a: argparse.Namespace) -> int:
-    return a.torchserve_threads or floor.default_threads(torchserve_workers(a))
+    if a.torchserve_threads:
+        return a.torchserve_threads
+    return floor.default_threads(torchserve_workers(a))
 
 
 def torchserve_work(a: argparse.Namespace) -> Path:
@@ -285,7 +312,7 @@ def start_ready(fn: Starter, a: argparse.Namespace, files: list[Path]) -> procs.
     """Started, ready, and warmed up with two requests per worker."""
     srv = fn(a, a.out)
     srv.wait_ready(600)
-    warm_up(srv, files, 2 * (torchserve_workers(a) if srv.name == "torchserve" else a.workers))
+    warm_up(srv, files, 2 * (torchserve_workers(a) if srv.name == "torchserve" else max(peer_workers(a), 2)))
     return srv
 
 
@@ -316,6 +343,52 @@ def servers(a: argparse.Namespace, files: list[Path], all_files: list[Path], rat
     return result
 
 
+def run_floor(a: argparse.Namespace, npz: Path, sessions: int, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "loadtests.bench.floor", "--model", str(a.model), "--inputs", str(npz)]
+    cmd += ["--workers", str(sessions), "--threads", str(threads), "--duration", str(a.duration)]
+    cmd += ["--rate-fractions", a.rate_fractions] + (["--spinning"] if a.spinning else [])
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+    res["sessions"] = sessions
+    return res
+
+
+def floor_configs(a: argparse.Namespace) -> list[tuple[int, int]]:
+    """(sessions, threads) to measure: --workers/--threads when given, else --floor-configs."""
+    if a.workers:
+        return [(a.workers, a.threads or floor.default_threads(a.workers))]
+    out = []
+    for c in a.floor_configs.split(","):
+        sessions, threads = c.lower().split("x")
+        out.append((int(sessions), int(threads)))
+    return out
+
+
+def floors(a: argparse.Namespace, npz: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every floor configuration; the best (highest saturation throughput) is the baseline."""
+    all_ = []
+    for sessions, threads in floor_configs(a):
+        print(f"== floor {sessions} sessions x {threads} threads", flush=True)
+        all_.append(run_floor(a, npz, sessions, threads))
+    best = max(all_, key=lambda r: r["saturation"]["images_per_s"])
+    a.best_floor = (best["sessions"], best["threads"])
+    return best, all_
+
+
+def batch_sweep(a: argparse.Namespace, files: list[Path], rates: list[float]) -> dict[str, Any]:
+    """maskserve at each --max-batch-size of --batch-sweep (other settings as the main run)."""
+    out = {}
+    for b in [int(v) for v in a.batch_sweep.split(",") if v]:
+        print(f"== maskserve --max-batch-size {b}", flush=True)
+        srv = start_maskserve(a, a.out, ["--max-batch-size", str(b)])
+        try:
+            srv.wait_ready(600)
+            warm_up(srv, files, 4)
+            out[str(b)] = measure(srv, a, files, rates, a.out)
+        finally:
+            srv.stop()
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
@@ -330,10 +403,18 @@ def main() -> None:
     ap.add_argument("--images", type=Path, help="folder of images (default: PNG+JPEG of the model's samples)")
     ap.add_argument("--hd", type=int, default=0, help="use N synthetic 1920x1080 JPEGs")
     ap.add_argument("--content-type", default="image/jpeg", choices=["image/jpeg", "image/png"])
-    ap.add_argument("--workers", type=int, default=1, help="inference workers (maskserve) / gunicorn workers")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="maskserve --workers, floor sessions, gunicorn/TorchServe workers (0: maskserve's defaults, "
+        "the floor at each --floor-configs, the others at the best floor configuration)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per session (0: CPUs / workers)")
+    ap.add_argument("--floor-configs", default="1x2,2x1", help="floor sessions x threads to try (without --workers)")
+    ap.add_argument("--batch-sweep", default="", help="also measure maskserve at these --max-batch-size, e.g. 1,2,4,8")
     ap.add_argument("--spinning", action="store_true", help="let ORT's pool threads spin (MASKSERVE_ORT_SPINNING=1)")
-    ap.add_argument("--http-workers", type=int, default=2, help="maskserve --http-workers")
+    ap.add_argument("--http-workers", type=int, default=0, help="maskserve --http-workers (0: its default)")
     ap.add_argument("--maskserve-arg", action="append", default=[], help="extra `maskserve serve` argument")
     ap.add_argument("--duration", type=int, default=20, help="seconds per measurement")
     ap.add_argument("--vus", type=int, default=4, help="closed-loop clients at saturation")
@@ -362,21 +443,20 @@ def main() -> None:
         "images": [str(p) for p in files],
     }
     if a.check_only:
+        a.best_floor = floor_configs(a)[-1]
         check_only(a, all_files)
         return
     print(f"== {len(files)} images; floor inputs", flush=True)
     npz = a.out / f"floor-inputs-{name}.npz"
     floor_inputs(a.model, files, npz)
-    print("== floor", flush=True)
-    cmd = [sys.executable, "-m", "loadtests.bench.floor", "--model", str(a.model), "--inputs", str(npz)]
-    cmd += ["--workers", str(a.workers), "--threads", str(a.threads), "--duration", str(a.duration)]
-    cmd += ["--rate-fractions", a.rate_fractions] + (["--spinning"] if a.spinning else [])
-    floor_res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
+    floor_res, result["floors"] = floors(a, npz)
     result["floor"] = floor_res
     rates = [r["rate"] for r in floor_res["rates"]]
     if a.torchserve:
         build_torchserve(a)
     result.update(servers(a, files, all_files, rates))
+    if a.batch_sweep:
+        result["batching"] = batch_sweep(a, files, rates)
     (a.out / f"bench-{name}.json").write_text(json.dumps(result, indent=2))
     table = report.markdown(result)
     (a.out / f"bench-{name}.md").write_text(table)
