@@ -23,7 +23,10 @@ pub const DEFAULT_MODEL_DIR: &str = "/opt/ml/model";
 /// Most backends a CPU host gets by default: past this, more threads per session beat more
 /// session sets (each set holds its own activations).
 const MAX_DEFAULT_CPU_BACKENDS: usize = 4;
-const DEFAULT_CPU_MAX_BATCH: usize = 4;
+/// On CPU a batch costs the same per image as its images run one by one (ONNX Runtime's CPU
+/// kernels gain nothing from the batch dimension) and its activations multiply the arena
+/// (BENCHMARKS.md, batching): batching pays on GPUs.
+const DEFAULT_CPU_MAX_BATCH: usize = 1;
 const DEFAULT_GPU_MAX_BATCH: usize = 8;
 
 const MIB: usize = 1 << 20;
@@ -101,7 +104,7 @@ pub struct ModelArgs {
     #[arg(long, env = "MASKSERVE_CPU_THREADS")]
     pub cpu_threads: Option<usize>,
     /// Most images in one graph run; images are batched only with images of the same padded
-    /// shape (default: 4 on CPU, 8 on GPU; 1 for the single layout).
+    /// shape (default: 1 on CPU, 8 on GPU; 1 for the single layout).
     #[arg(long, env = "MASKSERVE_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// Milliseconds a free backend may wait for a batch to fill; by default it takes whatever

@@ -23,41 +23,56 @@ fn cmp_desc(a: f32, b: f32) -> Ordering {
 
 /// Indices kept by NMS, by decreasing score. Suppresses a box whose IoU with a kept one is
 /// greater than `iou_threshold`; area is `(x2 - x1) * (y2 - y1)` with no +1.
+///
+/// The boxes are laid out by score in separate coordinate arrays and each kept box's IoU with
+/// every later box is computed without branches, so the inner loop vectorises; the arithmetic
+/// per pair is torchvision's, so the result is the same.
 pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f64) -> Vec<usize> {
-    let n = boxes.len();
-    let areas: Vec<f32> = boxes
-        .iter()
-        .map(|b| (b[2] - b[0]) * (b[3] - b[1]))
-        .collect();
     let order = argsort_desc(scores);
+    let n = order.len();
+    let col = |c: usize| -> Vec<f32> { order.iter().map(|&i| boxes[i][c]).collect() };
+    let (x1, y1, x2, y2) = (col(0), col(1), col(2), col(3));
+    let areas: Vec<f32> = (0..n).map(|k| (x2[k] - x1[k]) * (y2[k] - y1[k])).collect();
+    let thr = f32_threshold(iou_threshold);
     let mut suppressed = vec![false; n];
     let mut keep = Vec::new();
-    for (oi, &i) in order.iter().enumerate() {
-        if suppressed[i] {
+    for k in 0..n {
+        if suppressed[k] {
             continue;
         }
-        keep.push(i);
-        let bi = &boxes[i];
-        let iarea = areas[i];
-        for &j in &order[oi + 1..] {
-            if suppressed[j] {
-                continue;
-            }
-            let bj = &boxes[j];
-            let xx1 = bi[0].max(bj[0]);
-            let yy1 = bi[1].max(bj[1]);
-            let xx2 = bi[2].min(bj[2]);
-            let yy2 = bi[3].min(bj[3]);
-            let w = (xx2 - xx1).max(0.0);
-            let h = (yy2 - yy1).max(0.0);
+        keep.push(order[k]);
+        let (bx1, by1, bx2, by2, barea) = (x1[k], y1[k], x2[k], y2[k], areas[k]);
+        let rest = k + 1..n;
+        for ((((s, &ax1), &ay1), (&ax2, &ay2)), &aarea) in suppressed[rest.clone()]
+            .iter_mut()
+            .zip(&x1[rest.clone()])
+            .zip(&y1[rest.clone()])
+            .zip(x2[rest.clone()].iter().zip(&y2[rest.clone()]))
+            .zip(&areas[rest])
+        {
+            let w = (bx2.min(ax2) - bx1.max(ax1)).max(0.0);
+            let h = (by2.min(ay2) - by1.max(ay1)).max(0.0);
             let inter = w * h;
-            let ovr = inter / (iarea + areas[j] - inter);
-            if f64::from(ovr) > iou_threshold {
-                suppressed[j] = true;
-            }
+            let ovr = inter / (barea + aarea - inter);
+            *s |= ovr > thr;
         }
     }
     keep
+}
+
+/// The f32 `t` with `x > t` ⟺ `f64::from(x) > thr` for every f32 `x` (torchvision compares the
+/// float IoU with the double threshold): the largest f32 not above `thr`.
+fn f32_threshold(thr: f64) -> f32 {
+    let t = thr as f32;
+    if f64::from(t) > thr {
+        match t {
+            0.0 => -f32::from_bits(1),
+            t if t > 0.0 => f32::from_bits(t.to_bits() - 1),
+            t => f32::from_bits(t.to_bits() + 1),
+        }
+    } else {
+        t
+    }
 }
 
 /// `torchvision.ops.batched_nms`: NMS within each `idxs` group. Indices kept, by decreasing score.
@@ -131,6 +146,18 @@ pub fn box_iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_threshold_matches_the_double_comparison() {
+        for thr in [0.7f64, 0.5, 0.3, 0.0, 1.0, 0.123456789, 1e-9, -1e-60, -0.3] {
+            let t = f32_threshold(thr);
+            let mut x = (thr as f32) - 4.0 * f32::EPSILON;
+            for _ in 0..16 {
+                assert_eq!(x > t, f64::from(x) > thr, "thr {thr} x {x}");
+                x = f32::from_bits(x.to_bits() + 1);
+            }
+        }
+    }
 
     #[test]
     fn suppresses_overlaps_keeps_order() {

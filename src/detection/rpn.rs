@@ -28,15 +28,13 @@ pub struct Level<'a> {
 
 /// Indices (in (y, x, a) order) of the `k` largest logits, largest first, as `topk(sorted=True)`.
 fn top_k(level: &Level, k: usize) -> Vec<(usize, f32)> {
-    let (a_n, hw, w) = (level.num_anchors, level.height * level.width, level.width);
+    let (a_n, hw) = (level.num_anchors, level.height * level.width);
     let n = a_n * hw;
-    // (y, x, a) index i → objectness[a, y, x]
-    let logits: Vec<f32> = (0..n)
-        .map(|i| {
-            let (pos, a) = (i / a_n, i % a_n);
-            level.objectness[a * hw + (pos / w) * w + pos % w]
-        })
-        .collect();
+    // (y, x, a) order: index pos * A + a holds objectness[a, pos].
+    let mut logits = Vec::with_capacity(n);
+    for pos in 0..hw {
+        logits.extend((0..a_n).map(|a| level.objectness[a * hw + pos]));
+    }
     let order = if k < n {
         // Partial selection first keeps this linear for the big levels.
         let mut idx: Vec<usize> = (0..n).collect();
