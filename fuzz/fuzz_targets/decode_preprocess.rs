@@ -12,7 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use maskserve::decode::decode_unguarded;
 use maskserve::model::Preprocess;
-use maskserve::transform::{batch_images, normalize_and_resize, resized_size};
+use maskserve::detection::transform::{batch_images, normalize_and_resize, resized_size};
 use maskserve::types::PredictError;
 
 const MAX_PIXELS: u64 = 256 * 256;
