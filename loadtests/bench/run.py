@@ -40,9 +40,9 @@ def image_set(a: argparse.Namespace, out: Path) -> list[Path]:
     if a.images:
         files = sorted(p for p in a.images.iterdir() if p.suffix.lower() in images.EXTS)
     else:
-        src = a.model / "samples"
-        if not src.is_dir():
-            src = ROOT / "model-export" / "work" / "samples-src" / "images"
+        # A --random export has no samples: the HD set is made from the fixture's.
+        candidates = [a.model / "samples", ROOT / "model-export" / "work" / "samples-src" / "images"]
+        src = next((c for c in candidates if c.is_dir()), ROOT / "models" / "shapes" / "samples")
         d = out / (f"images-hd{a.hd}" if a.hd else f"images-{a.model.name}")
         if not (d / "index.txt").exists():
             if a.hd:
