@@ -543,3 +543,36 @@ fn full_queue_is_503_with_retry_after() {
         assert_eq!(r.header("retry-after"), Some("1"));
     }
 }
+
+/// HTTP/1.1 pipelining: a request written right behind an /invocations body on the same
+/// connection is answered too, after it, in order.
+#[test]
+fn pipelined_request_behind_an_invocation_is_answered_in_order() {
+    use std::io::{Read, Write};
+    let model = model_or_skip!();
+    let png = sample_images(&model).remove(0);
+    let s = ready_server(&model, &[], &[]);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let mut wire = format!(
+        "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        png.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&png);
+    wire.extend_from_slice(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    c.write_all(&wire).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let heads: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i..i + 12])
+        .collect();
+    assert_eq!(heads, ["HTTP/1.1 200", "HTTP/1.1 200"], "{text}");
+    let first = text.find("\"detections\"").expect("the invocation's body");
+    assert!(
+        first < text.rfind("HTTP/1.1 200").unwrap(),
+        "answers out of order"
+    );
+}
