@@ -273,6 +273,10 @@ pub struct ServeArgs {
     /// Body limit in bytes; overrides --max-payload-mb.
     #[arg(long, env = "MASKSERVE_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// Largest total size of a request's header fields in bytes; larger heads get 431 (nginx
+    /// and TorchServe refuse far smaller ones than actix would take).
+    #[arg(long, env = "MASKSERVE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
     /// Most images in one request (instances, inputs or JSON lines).
     #[arg(long, env = "MASKSERVE_MAX_INSTANCES", default_value_t = 64)]
     pub max_instances: usize,
@@ -422,6 +426,7 @@ impl ServeArgs {
             // AssembleWith=Line expects, so mirror JSON Lines unless a default was configured.
             mirror_jsonlines: self.default_accept.is_none()
                 && nonempty(&self.batch).is_some_and(|b| b.eq_ignore_ascii_case("true")),
+            max_header_bytes: self.max_header_bytes,
         })
     }
 

@@ -576,3 +576,37 @@ fn pipelined_request_behind_an_invocation_is_answered_in_order() {
         "answers out of order"
     );
 }
+
+/// Request heads are capped (`--max-header-bytes`, 32 KiB): a 100 KB header gets a JSON 431, a
+/// 20 KB one is served, and the server stays healthy.
+#[test]
+fn oversized_headers_are_431() {
+    let model = model_or_skip!();
+    let png = sample_images(&model).remove(0);
+    let s = ready_server(&model, &[], &[]);
+    let big = "a".repeat(100_000);
+    let r = request(
+        s.port,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "image/png"), ("X-Big", &big)],
+        &png,
+    )
+    .unwrap();
+    let msg = r.assert_error(431);
+    assert!(msg.contains("exceed the limit of 32768 bytes"), "{msg}");
+    let ok = "b".repeat(20_000);
+    let r = request(
+        s.port,
+        "POST",
+        "/invocations",
+        &[
+            ("Content-Type", "image/png"),
+            ("X-Amzn-SageMaker-Unknown", &ok),
+        ],
+        &png,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.get("/ping").status, 200);
+}

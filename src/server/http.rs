@@ -66,6 +66,8 @@ pub struct HttpSettings {
     pub default_accept: String,
     /// Answer a JSON Lines request in JSON Lines when Accept is missing or a wildcard.
     pub mirror_jsonlines: bool,
+    /// Largest total size of a request's header fields; more is a 431.
+    pub max_header_bytes: usize,
 }
 
 /// The loaded model, ready to serve.
@@ -424,6 +426,14 @@ async fn infer(
     }
 }
 
+/// Bytes of the request's header fields as sent (`name: value\r\n` each).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
 fn request_id(headers: &HeaderMap) -> String {
     // Accept a caller's id only if it is a sane token, since it is echoed and logged.
     for name in INBOUND_ID_HEADERS {
@@ -512,14 +522,34 @@ pub async fn observe(
         }
     }
     let span = tracing::info_span!("request", request_id = %id);
-    let result = next.call(req).instrument(span.clone()).await;
+    let limit = state
+        .as_ref()
+        .map_or(usize::MAX, |s| s.settings.max_header_bytes);
+    let header_bytes = header_bytes(req.headers());
+    let result = if header_bytes > limit {
+        // Answered before routing: no handler sees an oversized head.
+        let msg =
+            format!("request headers of {header_bytes} bytes exceed the limit of {limit} bytes");
+        Ok(req
+            .into_response(json_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &msg,
+                None,
+            ))
+            .map_into_boxed_body())
+    } else {
+        next.call(req)
+            .instrument(span.clone())
+            .await
+            .map(ServiceResponse::map_into_boxed_body)
+    };
     if invocation {
         if let Some(s) = &state {
             s.metrics.inflight.dec();
         }
     }
     let mut res = match result {
-        Ok(res) => res.map_into_boxed_body(),
+        Ok(res) => res,
         Err(e) => {
             // Handlers' errors arrive as responses; an `Err` here comes from actix itself.
             // No request is left to build a response from (holding a clone of it would break
