@@ -402,12 +402,11 @@ fn next_batch(s: &Shared) -> Option<Vec<Staged>> {
 fn backend_loop<B: Backend>(s: &Shared, mut backend: B) {
     while let Some(batch) = next_batch(s) {
         let now = Instant::now();
-        let (run, dropped): (Vec<Staged>, Vec<Staged>) = batch
-            .into_iter()
-            .partition(|st| st.item.request.check(st.item.index, now).is_ok());
-        for st in dropped {
-            if let Err(why) = st.item.request.check(st.item.index, now) {
-                skip(s, &st.item, why);
+        let mut run = Vec::with_capacity(batch.len());
+        for st in batch {
+            match st.item.request.check(st.item.index, now) {
+                Ok(()) => run.push(st),
+                Err(why) => skip(s, &st.item, why),
             }
         }
         if run.is_empty() {
