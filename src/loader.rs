@@ -28,7 +28,8 @@ pub fn load(
     // The library first: its error is the one a misconfigured deployment needs to see.
     ort::environment(lib)?;
     let cpus = available_cpus();
-    let mut plan = plan_for(Provider::expected(device), cpus)?;
+    let expected = Provider::expected(device);
+    let mut plan = plan_for(expected, cpus)?;
     let manifest = Manifest::load(&plan.model_dir)?;
     let build = |plan: &Plan| {
         OrtBackend::load(
@@ -41,7 +42,7 @@ pub fn load(
     };
     let mut backends = build(&plan)?;
     let provider = backends.first().map(|b| b.provider_kind());
-    if let Some(actual) = provider.filter(|&p| Provider::expected(device) != p) {
+    if let Some(actual) = provider.filter(|&p| p != expected) {
         // `auto` fell back to CPU: its defaults differ from the GPU's, so plan again.
         plan = plan_for(actual, cpus)?;
         drop(backends);

@@ -150,7 +150,7 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
         receivers
             .into_iter()
             .map(|rx| match rx {
-                Ok(rx) => one(rx.blocking_recv().unwrap_or_else(|_| Err(stopped()))),
+                Ok(rx) => one(Engine::wait(rx)),
                 Err(_) => Err(PredictError::Inference("the engine queue is full".into())),
             })
             .collect()
@@ -175,13 +175,6 @@ fn predict(a: PredictArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn stopped() -> JobError {
-    JobError::Predict {
-        index: 0,
-        error: PredictError::Inference("the engine stopped".into()),
-    }
 }
 
 /// The result of a one-image request.

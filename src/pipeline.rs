@@ -245,7 +245,7 @@ impl MaskRcnn {
     ) -> Result<PerImage, PredictError> {
         let n = images.batch;
         let mut detections = vec![Vec::new(); n];
-        let rois = rois_of(proposals.iter().map(|p| p.as_slice()));
+        let rois = rois_of(proposals.iter().map(|p| p.iter().copied()));
         if !rois.is_empty() {
             let t = Instant::now();
             let head = backend.box_head(features, &rois)?;
@@ -280,11 +280,7 @@ impl MaskRcnn {
                 _ => d.as_slice(),
             })
             .collect();
-        let boxes: Vec<Vec<[f32; 4]>> = wanted
-            .iter()
-            .map(|d| d.iter().map(|r| r.bbox).collect())
-            .collect();
-        let rois = rois_of(boxes.iter().map(|b| b.as_slice()));
+        let rois = rois_of(wanted.iter().map(|d| d.iter().map(|r| r.bbox)));
         if !rois.is_empty() {
             let t = Instant::now();
             let labels: Vec<i64> = wanted
@@ -468,10 +464,11 @@ impl MaskRcnn {
 }
 
 /// The RoIs of a batch, image by image, tagged with their image's index.
-fn rois_of<'a>(per_image: impl Iterator<Item = &'a [[f32; 4]]>) -> Vec<Roi> {
+fn rois_of<I: IntoIterator<Item = [f32; 4]>>(per_image: impl IntoIterator<Item = I>) -> Vec<Roi> {
     per_image
+        .into_iter()
         .enumerate()
-        .flat_map(|(image, boxes)| boxes.iter().map(move |&bbox| Roi { image, bbox }))
+        .flat_map(|(image, boxes)| boxes.into_iter().map(move |bbox| Roi { image, bbox }))
         .collect()
 }
 

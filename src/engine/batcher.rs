@@ -22,25 +22,23 @@ struct Bucket<T> {
 
 pub struct Batcher<T> {
     buckets: Vec<Bucket<T>>,
-    len: usize,
 }
 
 impl<T> Default for Batcher<T> {
     fn default() -> Self {
         Batcher {
             buckets: Vec::new(),
-            len: 0,
         }
     }
 }
 
 impl<T> Batcher<T> {
     pub fn len(&self) -> usize {
-        self.len
+        self.buckets.iter().map(|b| b.items.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.buckets.is_empty()
     }
 
     pub fn push(&mut self, shape: (usize, usize), item: T) {
@@ -52,7 +50,6 @@ impl<T> Batcher<T> {
                 items: VecDeque::from([entry]),
             }),
         }
-        self.len += 1;
     }
 
     /// The oldest image decides the bucket (first come, first served across shapes). Without a
@@ -95,7 +92,6 @@ impl<T> Batcher<T> {
         if bucket.items.is_empty() {
             self.buckets.swap_remove(index);
         }
-        self.len -= out.len();
         out
     }
 }

@@ -125,10 +125,11 @@ impl Engine {
         cfg: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Engine> {
-        let provider = backends
-            .first()
-            .map(|b| b.provider().to_string())
-            .unwrap_or_default();
+        let Some(provider) = backends.first().map(|b| b.provider().to_string()) else {
+            return Err(std::io::Error::other(
+                "the engine needs at least one backend",
+            ));
+        };
         let staged_limit =
             (backends.len() * cfg.max_batch_size.max(1)).max(cfg.cpu_threads) + cfg.cpu_threads;
         let shared = Arc::new(Shared {
@@ -147,11 +148,6 @@ impl Engine {
             staged_limit,
             metrics,
         });
-        if backends.is_empty() {
-            return Err(std::io::Error::other(
-                "the engine needs at least one backend",
-            ));
-        }
         for (i, backend) in backends.into_iter().enumerate() {
             let s = Arc::clone(&shared);
             thread::Builder::new()
@@ -222,6 +218,11 @@ impl Engine {
                 index: 0,
                 error: PredictError::Inference("the engine queue is full".into()),
             })?;
+        Self::wait(rx)
+    }
+
+    /// Blocks until a submitted request answers (for callers outside an async runtime).
+    pub fn wait(rx: oneshot::Receiver<JobResult>) -> JobResult {
         rx.blocking_recv().unwrap_or_else(|_| {
             Err(JobError::Predict {
                 index: 0,

@@ -86,14 +86,6 @@ impl Request {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn len(&self) -> usize {
-        self.opts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.opts.is_empty()
-    }
-
     /// Whether image `index` should still run, checked before each stage.
     pub fn check(&self, index: usize, now: Instant) -> Result<(), Skip> {
         let inner = self.lock();
