@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create the training virtual environment: pinned requirements, then the model-export package.
 #
-#   install-train.sh [--dry-run] VENV REQUIREMENTS MODEL_EXPORT_DIR
+#   install-train.sh [--dry-run] VENV REQUIREMENTS [MODEL_EXPORT_DIR]
 #
+# Without MODEL_EXPORT_DIR only the venv and the pinned requirements are installed: the image
+# keeps them in their own layer, so a change to model-export/ does not reinstall PyTorch.
 # The maskexport/ package of MODEL_EXPORT_DIR is copied into the venv's site-packages (no
 # package discovery, so other folders there do not matter); the dependencies its pyproject.toml
 # declares, if any, are installed constrained by REQUIREMENTS. Used by docker/Dockerfile.train
@@ -23,15 +25,15 @@ while [[ $# -gt 0 ]]; do
     *) break ;;
   esac
 done
-if [[ $# -ne 3 ]]; then
+if [[ $# -ne 2 && $# -ne 3 ]]; then
   usage >&2
   exit 2
 fi
 VENV="$1"
 REQUIREMENTS="$2"
-MODEL_EXPORT="$3"
+MODEL_EXPORT="${3:-}"
 
-if [[ ! -d "${MODEL_EXPORT}/maskexport" ]]; then
+if [[ -n "${MODEL_EXPORT}" && ! -d "${MODEL_EXPORT}/maskexport" ]]; then
   echo "install-train.sh: ${MODEL_EXPORT}/maskexport is not a directory" >&2
   exit 1
 fi
@@ -39,6 +41,9 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 run "${PYTHON}" -m venv "${VENV}"
 run "${VENV}/bin/pip" install --no-cache-dir -r "${REQUIREMENTS}"
+if [[ -z "${MODEL_EXPORT}" ]]; then
+  exit 0
+fi
 if [[ -f "${MODEL_EXPORT}/pyproject.toml" ]]; then
   mapfile -t DEPS < <("${PYTHON}" -c 'import sys, tomllib
 with open(sys.argv[1], "rb") as fh:

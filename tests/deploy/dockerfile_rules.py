@@ -189,8 +189,10 @@ def lint(text: str, repo: Path, ignore: DockerIgnore) -> list[str]:
     """Generic rules for every Dockerfile of the project."""
     df = parse(text)
     errors: list[str] = []
-    if len(df.stages) < 2:
-        errors.append("not a multi-stage build")
+    # A compiler belongs in a build stage, never in the image that ships.
+    final_runs = " ".join(i.args for i in df.final.instructions if i.cmd == "RUN")
+    if re.search(r"\b(cargo|rustc|gcc|g\+\+|build-essential|make)\b", final_runs):
+        errors.append("the final stage builds with a compiler: use a build stage")
     aliases: set[str] = set()
     for stage in df.stages:
         if stage.image not in aliases and not _pinned(stage.image):

@@ -135,7 +135,10 @@ def test_dockerignore_matching(ignore: DockerIgnore) -> None:
 
 
 BAD = {
-    "single stage": ('FROM debian:12.13-slim\nENTRYPOINT ["x"]\n', "multi-stage"),
+    "compiler in the final stage": (
+        'FROM debian:12.13-slim\nRUN cargo build --release\nENTRYPOINT ["x"]\n',
+        "build stage",
+    ),
     "latest tag": ("FROM debian:latest AS a\nFROM a\n", "not pinned"),
     "untagged": ("FROM debian AS a\nFROM a\n", "not pinned"),
     "shell-form entrypoint": (
