@@ -14,7 +14,17 @@
 #   --region    bucket region (default: $AWS_REGION, else region in k8s/values.yaml)
 #   --workdir   where the archives are downloaded and unpacked (default: ./coco-download)
 #   --keep      keep the downloaded and unpacked files afterwards
-# COCO_BASE_URL overrides where the COCO 2017 archives are downloaded from.
+# COCO_BASE_URL overrides where the COCO 2017 archives are downloaded from
+# (COCO_BASE_URL/zips/train2017.zip, .../zips/val2017.zip,
+# .../annotations/annotations_trainval2017.zip). Needs the AWS CLI, curl and unzip.
+#
+# Against a local S3-compatible server instead of AWS: the AWS CLI (v2 >= 2.13, v1 >= 1.29)
+# sends every request to AWS_ENDPOINT_URL when it is set, e.g. moto (pip install 'moto[server]'):
+#   moto_server -H 127.0.0.1 -p 5001 &
+#   export AWS_ENDPOINT_URL=http://127.0.0.1:5001 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+#   COCO_BASE_URL=http://127.0.0.1:8000 scripts/prepare_s3_bucket.sh "$(scripts/render_manifests.py --get bucket)"
+# (COCO_BASE_URL here serves stand-in archives with COCO's names and layout, e.g. from
+# `python -m http.server 8000`; tests/containers/test_registry_s3.py makes small ones.)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,13 +68,16 @@ if [[ "${VALUES_BUCKET}" != "${BUCKET}" ]]; then
 fi
 
 DEST="s3://${BUCKET}/${PREFIX}"
+if [[ -n "${AWS_ENDPOINT_URL:-}" ]]; then
+  echo "prepare_s3_bucket.sh: S3 requests go to AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL}" >&2
+fi
 
 # ---- bucket ----------------------------------------------------------------------------------
 if [[ "${DRY_RUN}" -eq 1 ]]; then
   echo "# if the bucket does not exist:"
-  run aws s3api head-bucket --bucket "${BUCKET}"
+  run aws s3api head-bucket --region "${REGION}" --bucket "${BUCKET}"
   BUCKET_EXISTS=0
-elif aws s3api head-bucket --bucket "${BUCKET}" >/dev/null 2>&1; then
+elif aws s3api head-bucket --region "${REGION}" --bucket "${BUCKET}" >/dev/null 2>&1; then
   BUCKET_EXISTS=1
 else
   BUCKET_EXISTS=0
