@@ -11,40 +11,26 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 ROOT_ENV = "MASKSERVE_OPT_ML"
-HYPERPARAMETERS = {
-    "arch": str,
-    "iterations": int,
-    "batch_size": int,
-    "lr": float,
-    "seed": int,
-    "threads": int,
-    "name": str,
-    "samples": int,
-}
-DEFAULTS = {"arch": "tiny-fpn", "iterations": 3000, "batch_size": 4, "lr": 0.02, "seed": 0, "samples": 4}
 
 
 def opt_ml() -> Path:
     return Path(os.environ.get(ROOT_ENV, "/opt/ml"))
 
 
-def read_hyperparameters(root: Path) -> dict:
-    """SageMaker passes every hyperparameter as a string; unknown keys are an error, not ignored."""
-    path = root / "input/config/hyperparameters.json"
-    raw = json.loads(path.read_text()) if path.exists() else {}
-    params = dict(DEFAULTS)
-    for key, value in raw.items():
-        k = key.replace("-", "_")
-        if k not in HYPERPARAMETERS:
-            raise ValueError(f"unknown hyperparameter {key!r}; known: {sorted(HYPERPARAMETERS)}")
-        params[k] = HYPERPARAMETERS[k](value)
-    return params
+def read_hyperparameters(root: Path) -> dict[str, Any]:
+    """SageMaker passes every hyperparameter as a string; unknown keys and bad values are errors.
+
+    (Imported here, not at the top, so that this file also loads on its own, outside the package.)
+    """
+    from .hyperparameters import read_hyperparameters as read
+
+    return read(root)
 
 
 def find_coco(channel: Path) -> tuple[Path, Path]:
@@ -72,63 +58,71 @@ def _link_layout(images: Path, ann: Path, dst: Path) -> Path:
     return dst
 
 
-def _world(root: Path) -> tuple[list[str], str, int]:
-    path = root / "input/config/resourceconfig.json"
-    cfg = json.loads(path.read_text()) if path.exists() else {}
-    hosts = cfg.get("hosts", ["algo-1"])
-    current = cfg.get("current_host", hosts[0])
+def _cluster(root: Path) -> Any:
+    """This host's Cluster (maskexport.torchrun_launch) from resourceconfig.json."""
     import torch
 
-    return hosts, current, max(1, torch.cuda.device_count())
+    from .torchrun_launch import Cluster
+
+    path = root / "input/config/resourceconfig.json"
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    hosts = tuple(cfg.get("hosts", ["algo-1"]))
+    current = cfg.get("current_host", hosts[0])
+    if current not in hosts:
+        raise ValueError(f"{path}: current_host {current!r} is not one of hosts {list(hosts)}")
+    gpus = max(1, torch.cuda.device_count())
+    return Cluster(hosts, current, gpus, cfg.get("network_interface_name"))
+
+
+def _train_distributed(
+    root: Path, params: dict[str, Any], cluster: Any, train_dir: Path, val_dir: Path | None, ckpt: Path
+) -> None:
+    """One torchrun per host; rank 0 (on hosts[0]) writes the checkpoint and the val metrics."""
+    from .torchrun_launch import run_torchrun, torchrun_command, torchrun_env
+
+    args = [
+        f"--train={train_dir}",
+        f"--out={ckpt}",
+        f"--arch={params['arch']}",
+        f"--iterations={params['iterations']}",
+        f"--batch-size={params['batch_size']}",
+        f"--lr={params['lr']}",
+        f"--seed={params['seed']}",
+        f"--log-every={params['log_every']}",
+        f"--checkpoint-dir={root / 'checkpoints'}",
+        f"--failure-dir={root / 'output/data/rank-failures'}",
+    ]
+    if params.get("threads"):
+        args.append(f"--threads={params['threads']}")
+    if val_dir is not None:
+        args += [f"--val={val_dir}", f"--metrics-out={root / 'output/data/metrics.json'}"]
+    cmd = torchrun_command(cluster, params["collective_timeout_s"], args)
+    print(f"{cluster.describe()}: {' '.join(cmd)}", flush=True)
+    run_torchrun(cmd, torchrun_env(cluster), cluster, root / "output/data/rank-failures")
 
 
 def run(root: Path) -> None:
+    params = read_hyperparameters(root)  # first: a bad value fails before anything else happens
+
     from .export import export_model_dir
     from .model import load_checkpoint
     from .train import train
 
-    params = read_hyperparameters(root)
     scratch = root / "output/data/layout"
     train_dir = _link_layout(*find_coco(root / "input/data/train"), scratch / "train")
     val_dir = None
     if (root / "input/data/val").exists():
         val_dir = _link_layout(*find_coco(root / "input/data/val"), scratch / "val")
-    hosts, current, gpus = _world(root)
+    cluster = _cluster(root)
     ckpt = root / "output/data/checkpoint.pt"
-    if len(hosts) * gpus > 1 and "WORLD_SIZE" not in os.environ:
-        # One process per GPU on each host; torchrun gives every rank its environment.
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nnodes={len(hosts)}",
-            f"--node_rank={hosts.index(current)}",
-            f"--nproc_per_node={gpus}",
-            f"--master_addr={hosts[0]}",
-            "--master_port=29500",
-            "-m",
-            "maskexport.train",
-            "--train",
-            str(train_dir),
-            "--out",
-            str(ckpt),
-            "--arch",
-            params["arch"],
-            "--iterations",
-            str(params["iterations"]),
-            "--batch-size",
-            str(params["batch_size"]),
-            "--lr",
-            str(params["lr"]),
-            "--seed",
-            str(params["seed"]),
-        ]
-        subprocess.run(cmd, check=True)
-        if current != hosts[0]:
+    if cluster.world_size > 1 and "WORLD_SIZE" not in os.environ:
+        _train_distributed(root, params, cluster, train_dir, val_dir, ckpt)
+        if cluster.node_rank != 0:
+            # Rank 0 lives on hosts[0]; that host alone writes the model directory.
+            print(f"{cluster.describe()}: training done; hosts[0] writes the model", flush=True)
             return
-        metrics = {}
     else:
-        metrics = train(
+        train(
             train_dir,
             ckpt,
             params["arch"],
@@ -139,6 +133,9 @@ def run(root: Path) -> None:
             root / "checkpoints",
             params.get("threads"),
             params["seed"],
+            log_every=params["log_every"],
+            collective_timeout_s=params["collective_timeout_s"],
+            metrics_out=root / "output/data/metrics.json" if val_dir is not None else None,
         )
     model, arch, classes = load_checkpoint(str(ckpt))
     sample_src = val_dir or train_dir
@@ -149,14 +146,11 @@ def run(root: Path) -> None:
         out,
         arch,
         classes,
-        params.get("name", "maskrcnn"),
+        params["name"],
         samples,
         single=True,
         checkpoint=out / "checkpoint.pt",
     )
-    if metrics:
-        (root / "output/data").mkdir(parents=True, exist_ok=True)
-        (root / "output/data/metrics.json").write_text(json.dumps(metrics))
     print(f"model directory written to {out}", flush=True)
 
 
@@ -166,7 +160,9 @@ def main() -> None:
         run(root)
     except Exception as e:  # noqa: BLE001 - the contract wants every failure reported
         (root / "output").mkdir(parents=True, exist_ok=True)
-        (root / "output/failure").write_text(f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
+        # SageMaker shows the start of this file as the job's FailureReason: the cause comes first.
+        where = "".join(traceback.format_tb(e.__traceback__))
+        (root / "output/failure").write_text(f"{type(e).__name__}: {e}\n\nTraceback:\n{where}")
         print(traceback.format_exc(), file=sys.stderr, flush=True)
         sys.exit(1)
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
+import socket
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -14,7 +18,12 @@ import torch.distributed as dist
 
 from .coco import CocoInstances
 from .evaluate import coco_metrics, predict_coco
+from .metrics_log import train_done_line, train_line, val_line
 from .model import build_model, save_checkpoint
+
+# Long enough for any real step or checkpoint save on a multi-host GPU job; short enough that a
+# job whose peer died or was cut off fails instead of waiting for the SageMaker runtime limit.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
 
 def collate(batch: list) -> tuple:
@@ -43,6 +52,8 @@ def train(
     time_budget_s: float | None = None,
     init: Path | None = None,
     warmup: int | None = None,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
+    metrics_out: Path | None = None,
 ) -> dict[str, float]:
     """Train for ``iterations`` steps; writes the checkpoint and returns val metrics (if any).
 
@@ -50,17 +61,21 @@ def train(
     decay follows whichever of iterations and time is further along, so a slow or shared machine
     still finishes with a fully annealed model (the log says how many iterations that took).
 
-    Runs under torch.distributed when WORLD_SIZE > 1 (each rank sees a shard of the data).
+    Runs under torch.distributed when WORLD_SIZE > 1 (each rank sees a shard of the data): every
+    collective, and joining the process group, fails after ``collective_timeout_s`` instead of
+    waiting for a peer that died or was cut off. Rank 0 logs (images/s counts all ranks), writes
+    the checkpoint and, with ``val_dir``, evaluates, logs the metrics and writes ``metrics_out``.
     """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
     rank = 0
     device = torch.device("cpu")
     if distributed:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=collective_timeout_s))
         rank = dist.get_rank()
         if torch.cuda.is_available():
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -89,12 +104,19 @@ def train(
         num_workers=0,
         drop_last=True,
     )
+    if len(loader) == 0:
+        # Otherwise the loop below would spin for ever without a single step.
+        raise ValueError(
+            f"{train_dir}: {len(ds)} images give no full batch of {batch_size} per rank "
+            f"(world size {world}); lower batch_size or add images"
+        )
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     if warmup is None:
         warmup = min(300, iterations // 10)
     it, epoch, start = 0, 0, time.time()
+    logged_it, logged_t = 0, start
     model.train()
 
     def progress() -> float:
@@ -102,16 +124,23 @@ def train(
         p = (it - warmup) / max(1, iterations - warmup)
         if time_budget_s:
             p = max(p, (time.time() - start) / time_budget_s)
+            if distributed:
+                # Clocks differ between hosts: all ranks follow the one furthest along, so none
+                # stops a step before the others (which would leave them waiting in a collective).
+                t = torch.tensor([p], dtype=torch.float64, device=device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                p = float(t.item())
         return p
 
-    while it < iterations and progress() < 1.0:
+    p = progress()
+    while it < iterations and p < 1.0:
         if sampler is not None:
             sampler.set_epoch(epoch)
         for images, targets in loader:
-            if it >= iterations or progress() >= 1.0:
+            if it >= iterations or p >= 1.0:
                 break
             for g in opt.param_groups:
-                g["lr"] = _lr_at(it, progress(), lr, warmup)
+                g["lr"] = _lr_at(it, p, lr, warmup)
             images = [i.to(device) for i in images]
             targets = [
                 {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
@@ -126,29 +155,53 @@ def train(
             opt.step()
             it += 1
             if rank == 0 and (it % log_every == 0 or it == 1):
-                parts = " ".join(f"{k[5:]}={v.item():.3f}" for k, v in losses.items())
-                print(
-                    f"it {it}/{iterations} loss={loss.item():.3f} {parts} "
-                    f"lr={opt.param_groups[0]['lr']:.4f} {time.time() - start:.0f}s",
-                    flush=True,
-                )
+                now = time.time()
+                # Steps are in lock-step across ranks, so rank 0's clock times the whole world.
+                rate = (it - logged_it) * batch_size * world / max(now - logged_t, 1e-9)
+                parts = {k: v.item() for k, v in losses.items()}
+                lr_now = opt.param_groups[0]["lr"]
+                print(train_line(it, iterations, loss.item(), lr_now, rate, now - start, parts), flush=True)
+                logged_it, logged_t = it, now
             if rank == 0 and checkpoint_dir and it % 500 == 0:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(str(checkpoint_dir / "checkpoint.pt"), model, arch, classes)
+            p = progress()
         epoch += 1
     metrics: dict[str, float] = {}
     if rank == 0:
-        print(f"trained {it} iterations in {time.time() - start:.0f}s", flush=True)
+        elapsed = time.time() - start
+        print(train_done_line(it, elapsed, it * batch_size * world / max(elapsed, 1e-9)), flush=True)
         model.eval().cpu()
         out_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(str(out_checkpoint), model, arch, classes)
         if val_dir is not None:
             val = CocoInstances(val_dir / "images", val_dir / "annotations.json")
             metrics = coco_metrics(val, predict_coco(model, val))
-            print(json.dumps(metrics), flush=True)
+            print(val_line(metrics, len(val)), flush=True)
+            if metrics_out is not None:
+                metrics_out.parent.mkdir(parents=True, exist_ok=True)
+                metrics_out.write_text(json.dumps(metrics))
     if distributed:
         dist.destroy_process_group()
     return metrics
+
+
+def die_with_parent() -> None:
+    """Under torchrun: end this worker when its agent dies, however it dies.
+
+    torchrun starts each worker in a session of its own and stops it when the agent is asked to
+    stop; an agent that is killed outright (OOM killer, SIGKILL) would leave the worker training on
+    alone, its peers none the wiser. On Linux the kernel sends it SIGKILL instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the agent was gone before the line above
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,23 +219,63 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-dir", type=Path)
     p.add_argument("--init", type=Path, help="start from this checkpoint (warm restart)")
     p.add_argument("--warmup", type=int, help="warm-up iterations (default min(300, iterations/10))")
-    a = p.parse_args(argv)
-    budget = a.time_budget_min * 60 if a.time_budget_min else None
-    train(
-        a.train,
-        a.out,
-        a.arch,
-        a.iterations,
-        a.batch_size,
-        a.lr,
-        a.val,
-        a.checkpoint_dir,
-        a.threads,
-        a.seed,
-        time_budget_s=budget,
-        init=a.init,
-        warmup=a.warmup,
+    p.add_argument("--log-every", type=int, default=50, help="log a [train] line every N iterations")
+    p.add_argument(
+        "--collective-timeout-s",
+        type=float,
+        default=DEFAULT_COLLECTIVE_TIMEOUT_S,
+        help="distributed: fail when joining the group or a collective takes longer than this",
     )
+    p.add_argument("--metrics-out", type=Path, help="write the val metrics (JSON) here")
+    p.add_argument("--failure-dir", type=Path, help="on failure, write rank<N>.txt saying why here")
+    a = p.parse_args(argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
+    budget = a.time_budget_min * 60 if a.time_budget_min else None
+    try:
+        train(
+            a.train,
+            a.out,
+            a.arch,
+            a.iterations,
+            a.batch_size,
+            a.lr,
+            a.val,
+            a.checkpoint_dir,
+            a.threads,
+            a.seed,
+            log_every=a.log_every,
+            time_budget_s=budget,
+            init=a.init,
+            warmup=a.warmup,
+            collective_timeout_s=a.collective_timeout_s,
+            metrics_out=a.metrics_out,
+        )
+    except Exception as e:
+        if a.failure_dir is not None:
+            a.failure_dir.mkdir(parents=True, exist_ok=True)
+            rank = os.environ.get("RANK", "0")
+            text = f"{describe_failure(e, a.collective_timeout_s)}\n\n{traceback.format_exc()}"
+            (a.failure_dir / f"rank{rank}.txt").write_text(text)
+        raise
+
+
+def describe_failure(e: BaseException, collective_timeout_s: float) -> str:
+    """One line: which rank on which host failed, and why (a lost peer said in plain words)."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    who = f"rank {rank} of {world} on host {socket.gethostname()}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    why = f"{type(e).__name__}: {first}"
+    if isinstance(e, dist.DistError) or "gloo" in str(e).lower() or "nccl" in str(e).lower():
+        lowered = str(e).lower()
+        if "timed out" in lowered or "timeout" in lowered:
+            why += (
+                f" (timed out after collective_timeout_s={collective_timeout_s:g}: "
+                "a peer stopped responding; it died, hung or its network was cut)"
+            )
+        else:
+            why += " (lost contact with a peer: it died or its network failed)"
+    return f"{who} failed: {why}"
 
 
 if __name__ == "__main__":
