@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust (unit, parity, server over real HTTP), Python (model
 # export parity against PyTorch, data, fixture, RLE through pycocotools, deploy manifests),
-# lints, and the k6 smoke scenario. Installs what it needs on a fresh machine.
+# lints, the k6 smoke scenario, and the images built and run in the machine's Docker engine
+# (tests/containers; they skip, saying why, where no engine answers). Installs what it needs on a
+# fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 echo "== installing Python dependencies"
 "$PY" -m pip install --quiet --disable-pip-version-check -r model-export/requirements.txt \
-  -r tests/deploy/requirements.txt -r loadtests/requirements.txt 2>&1 | grep -v "running pip as the 'root' user" || true
+  -r tests/deploy/requirements.txt -r loadtests/requirements.txt -r tests/containers/requirements.txt 2>&1 | grep -v "running pip as the 'root' user" || true
+if docker version >/dev/null 2>&1; then
+  # The base-image stand-ins are made with debootstrap; a local registry stands in for ECR.
+  missing=()
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "== installing ${missing[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
 ORT_DYLIB_PATH=$(scripts/ort-lib.sh)
 export ORT_DYLIB_PATH
 
@@ -26,6 +38,8 @@ cargo test --locked
 
 echo "== Python tests"
 MASKSERVE_BIN=$PWD/target/release/maskserve "$PY" -m pytest -q --import-mode=importlib model-export/tests tests/python tests/deploy
+echo "== container tests (Docker engine)"
+MASKSERVE_BIN=$PWD/target/release/maskserve "$PY" -m pytest -q -s --import-mode=importlib tests/containers
 if [[ -x loadtests/run.sh ]]; then
   echo "== k6 smoke"
   loadtests/run.sh smoke
