@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -154,10 +155,23 @@ def run(root: Path) -> None:
     print(f"model directory written to {out}", flush=True)
 
 
+class Stopped(Exception):  # noqa: N818 - a stop, not an error
+    """SIGTERM: SageMaker's StopTrainingJob (or `docker stop`), SIGKILL follows after a grace period."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def main() -> None:
     root = opt_ml()
+    # As PID 1 of the container, Python would ignore SIGTERM and wait for SIGKILL: stop at once.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         run(root)
+    except Stopped as e:
+        print(f"training stopped by {e}; no model written", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as e:  # noqa: BLE001 - the contract wants every failure reported
         (root / "output").mkdir(parents=True, exist_ok=True)
         # SageMaker shows the start of this file as the job's FailureReason: the cause comes first.

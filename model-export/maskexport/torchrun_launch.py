@@ -120,7 +120,13 @@ def run_torchrun(cmd: list[str], env: dict[str, str], cluster: Cluster, failure_
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     reader = threading.Thread(target=_tee, args=(proc.stderr, tail), daemon=True)
     reader.start()
-    rc = proc.wait()
+    try:
+        rc = proc.wait()
+    except BaseException:
+        # Stopped (SIGTERM reached only us, PID 1): torchrun stops its workers on SIGTERM.
+        proc.terminate()
+        proc.wait(timeout=60)
+        raise
     # A worker that outlived its agent could hold the pipe open; do not wait on it for long.
     reader.join(timeout=5)
     if rc != 0:

@@ -252,3 +252,28 @@ def test_host_cut_off_mid_job_fails_every_host(
     for h in hosts:
         assert h.failure(), f"{h.name} wrote no /opt/ml/output/failure"
     assert not (hosts[0].root / "model/model.json").exists()
+
+
+@pytest.mark.parametrize("count", [1, 2], ids=["one host", "two hosts"])
+def test_docker_stop_ends_training_promptly(
+    train_image: str, channel: Path, tmp_path: Path, cluster: list[Host], count: int
+) -> None:
+    """StopTrainingJob sends SIGTERM to PID 1: training stops at once (exit 143), well before the
+    SIGKILL that follows the grace period."""
+    params = {**TINY, "iterations": "100000", "log_every": "1"}
+    hosts, network = start_hosts(train_image, channel, tmp_path, cluster, count, params)
+    try:
+        deadline = time.monotonic() + 300
+        while len(TRAIN_LINE.findall(hosts[0].logs())) < 2:
+            assert time.monotonic() < deadline, hosts[0].logs()
+            time.sleep(1)
+        start = time.monotonic()
+        docker("stop", "-t", "60", *(h.container for h in hosts), timeout=120)
+        took = time.monotonic() - start
+        codes = [h.exit_code(timeout=30) for h in hosts]
+    finally:
+        docker("network", "rm", network, check=False)
+    print(f"{count} host(s) stopped in {took:.1f} s, exit codes {codes}")
+    assert codes[0] == 143, hosts[0].logs()[-3000:]
+    assert took < 30
+    assert not (hosts[0].root / "model/model.json").exists()
