@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -107,20 +108,28 @@ def run(root: Path) -> None:
 
     from .export import export_model_dir
     from .model import load_checkpoint
+    from .torchrun_launch import ModelWritten
     from .train import train
 
-    scratch = root / "output/data/layout"
+    # Outside /opt/ml/output: SageMaker (and its local mode) uploads that folder, and these are
+    # symlinks into /opt/ml/input that resolve only inside the container.
+    scratch = Path(tempfile.mkdtemp(prefix="maskserve-layout-"))
     train_dir = _link_layout(*find_coco(root / "input/data/train"), scratch / "train")
     val_dir = None
     if (root / "input/data/val").exists():
         val_dir = _link_layout(*find_coco(root / "input/data/val"), scratch / "val")
     cluster = _cluster(root)
     ckpt = root / "output/data/checkpoint.pt"
+    written = None
     if cluster.world_size > 1 and "WORLD_SIZE" not in os.environ:
         _train_distributed(root, params, cluster, train_dir, val_dir, ckpt)
+        written = ModelWritten(cluster, 3 * params["collective_timeout_s"])
         if cluster.node_rank != 0:
             # Rank 0 lives on hosts[0]; that host alone writes the model directory.
-            print(f"{cluster.describe()}: training done; hosts[0] writes the model", flush=True)
+            print(f"{cluster.describe()}: training done; waiting for hosts[0] to write the model", flush=True)
+            written.wait()
+            _finished()
+            print(f"{cluster.describe()}: hosts[0] wrote the model", flush=True)
             return
     else:
         train(
@@ -152,14 +161,29 @@ def run(root: Path) -> None:
         single=True,
         checkpoint=out / "checkpoint.pt",
     )
+    _finished()
     print(f"model directory written to {out}", flush=True)
+    if written is not None:
+        written.announce()
+
+
+def _finished() -> None:
+    global _FINISHED  # noqa: PLW0603 - read by the signal handler
+    _FINISHED = True
 
 
 class Stopped(Exception):  # noqa: N818 - a stop, not an error
     """SIGTERM: SageMaker's StopTrainingJob (or `docker stop`), SIGKILL follows after a grace period."""
 
 
+# Set once this host's part of the job is over: a SIGTERM then (SageMaker local mode stops every
+# container when the first one exits) is a clean exit, not a stop.
+_FINISHED = False
+
+
 def _stop(signum: int, _frame: object) -> None:
+    if _FINISHED:
+        sys.exit(0)
     raise Stopped(signal.Signals(signum).name)
 
 

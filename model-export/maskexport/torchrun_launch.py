@@ -152,3 +152,46 @@ def failure_message(
         )
     lines += ["", f"--- torchrun stderr, last {len(stderr_tail)} lines ---", *stderr_tail]
     return "\n".join(lines)
+
+
+class ModelWritten:
+    """After training, hosts other than hosts[0] wait until hosts[0] has written /opt/ml/model.
+
+    torchrun ends on every host when the workers end, but hosts[0] exports the model after that;
+    a host that exited first would end the job early (SageMaker local mode stops the others when
+    one container exits). A small TCP store on hosts[0], one port above torchrun's, carries the
+    signal; hosts[0] failing or vanishing fails the waiting hosts instead of hanging them.
+    """
+
+    def __init__(self, cluster: Cluster, timeout_s: float) -> None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        self.cluster = cluster
+        self.store = dist.TCPStore(
+            cluster.hosts[0],
+            cluster.master_port() + 1,
+            cluster.world_size,
+            is_master=cluster.node_rank == 0,
+            timeout=timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+        )
+
+    def wait(self) -> None:
+        """On hosts other than hosts[0]: block until the model is written (or raise)."""
+        try:
+            self.store.wait(["model_written"])
+        except Exception as e:  # noqa: BLE001 - reworded with where and why
+            raise DistributedTrainingError(
+                f"{self.cluster.describe()}: hosts[0] did not report the model written: {e}"
+            ) from e
+        self.store.add("acknowledged", 1)
+
+    def announce(self, ack_timeout_s: float = 60) -> None:
+        """On hosts[0]: tell the others, and stay until they have heard it (or give up)."""
+        self.store.set("model_written", "1")
+        others = self.cluster.world_size - 1
+        deadline = time.monotonic() + ack_timeout_s
+        while self.store.add("acknowledged", 0) < others and time.monotonic() < deadline:
+            time.sleep(0.2)
