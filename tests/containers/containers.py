@@ -192,6 +192,14 @@ def post(
         return e.code, e.read()
 
 
+def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def samples() -> list[Path]:
     return sorted((MODEL_DIR / "samples").glob("*"))
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from containers import Container, ImageBuilder, docker, model_mount, post, samples
+from containers import Container, ImageBuilder, docker, get, model_mount, post, samples
 
 ORT_LIB = "/opt/onnxruntime/lib"
 CUDA_LIB = "/usr/local/cuda/lib64"
@@ -24,14 +22,6 @@ DRIVER = "libcuda.so.1"
 @pytest.fixture(scope="module")
 def gpu_image(images: ImageBuilder) -> str:
     return images.get("gpu")
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def in_image(image: str, *cmd: str) -> str:

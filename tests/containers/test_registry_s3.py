@@ -376,10 +376,9 @@ def test_prepare_s3_bucket_against_moto(moto: rs.Server, tmp_path: Path) -> None
         "s3api", "head-bucket", "--bucket", bucket, "--region", region
     ).returncode
     work = tmp_path / "work"
-    with rs.http_directory(source, tmp_path / "http.log") as http:
-        env["COCO_BASE_URL"] = http.url
-        start = time.monotonic()
-        result = subprocess.run(
+
+    def prepare() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             ["bash", str(PREPARE_S3), "--workdir", str(work), bucket],
             capture_output=True,
             text=True,
@@ -387,6 +386,11 @@ def test_prepare_s3_bucket_against_moto(moto: rs.Server, tmp_path: Path) -> None
             env=env,
             timeout=600,
         )
+
+    with rs.http_directory(source, tmp_path / "http.log") as http:
+        env["COCO_BASE_URL"] = http.url
+        start = time.monotonic()
+        result = prepare()
         seconds = time.monotonic() - start
         assert result.returncode == 0, (
             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -411,14 +415,7 @@ def test_prepare_s3_bucket_against_moto(moto: rs.Server, tmp_path: Path) -> None
         assert objects == expected
 
         # A second run finds the bucket and leaves the same objects.
-        again = subprocess.run(
-            ["bash", str(PREPARE_S3), "--workdir", str(work), bucket],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-            timeout=600,
-        )
+        again = prepare()
         assert again.returncode == 0, again.stderr[-3000:]
         assert "make_bucket" not in again.stdout
         assert _objects(aws, env, bucket, region) == expected
