@@ -311,6 +311,16 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "MASKSERVE_SHUTDOWN_TIMEOUT", default_value_t = 25)]
     pub shutdown_timeout: u64,
+    /// Multi-model endpoint: start with no model and load, list, unload and invoke models
+    /// through /models (SageMaker sets this for a MultiModel container).
+    #[arg(long, env = "SAGEMAKER_MULTI_MODEL", value_name = "BOOL", default_value = "false",
+          value_parser = switch_default_off, action = clap::ArgAction::Set)]
+    pub multi_model: bool,
+    /// Multi-model mode: MiB of host memory the loaded models may hold together; a load past
+    /// it is answered 507 (default: 90 % of the container's memory limit, or of the host's
+    /// RAM, less what the server holds at start).
+    #[arg(long, env = "MASKSERVE_MODELS_MEMORY_MB", value_name = "MIB")]
+    pub models_memory_mb: Option<u64>,
     /// Log as JSON lines (for CloudWatch) instead of text.
     #[arg(long, env = "MASKSERVE_LOG_JSON", value_parser = FalseyValueParser::new())]
     pub log_json: bool,
@@ -428,6 +438,20 @@ impl ServeArgs {
                 && nonempty(&self.batch).is_some_and(|b| b.eq_ignore_ascii_case("true")),
             max_header_bytes: self.max_header_bytes,
         })
+    }
+
+    /// Multi-model mode's memory budget in bytes (see `--models-memory-mb`).
+    pub fn models_budget(&self) -> Result<u64> {
+        match self.models_memory_mb {
+            Some(0) => bail!("--models-memory-mb must be at least 1"),
+            Some(mb) => Ok(mb.saturating_mul(MIB as u64)),
+            None => {
+                let limit = crate::memory::limit_bytes()
+                    .context("cannot read the memory limit; set --models-memory-mb")?;
+                let held = crate::memory::rss_bytes().unwrap_or(0);
+                Ok((limit / 10 * 9).saturating_sub(held))
+            }
+        }
     }
 
     /// The second metrics port, if configured and allowed by SAGEMAKER_SAFE_PORT_RANGE.
@@ -627,6 +651,19 @@ mod tests {
         std::env::remove_var("MASKSERVE_LOG_JSON");
         assert!(!a.log_json);
         assert!(args(&["--log-json"]).log_json);
+    }
+
+    #[test]
+    fn multi_model_settings() {
+        assert!(!args(&[]).multi_model);
+        assert!(args(&["--multi-model", "true"]).multi_model);
+        assert_eq!(
+            args(&["--models-memory-mb", "3"]).models_budget().unwrap(),
+            3 << 20
+        );
+        assert!(args(&["--models-memory-mb", "0"]).models_budget().is_err());
+        let default = args(&[]).models_budget().unwrap();
+        assert!(default > 0 && default < crate::memory::limit_bytes().unwrap());
     }
 
     #[test]

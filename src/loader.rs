@@ -3,15 +3,17 @@
 //! `predict` and `serve`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::backend::ort::{self, OrtBackend, Provider};
 use crate::config::{available_cpus, Plan};
-use crate::engine::Engine;
+use crate::engine::{Engine, JobError};
 use crate::metrics::Metrics;
 use crate::model::Manifest;
 use crate::pipeline::MaskRcnn;
+use crate::types::{MaskFormat, PredictOptions};
 
 pub struct Loaded {
     pub engine: Engine,
@@ -69,4 +71,40 @@ pub fn load(
     let engine = Engine::start(model, backends, plan.engine.clone(), metrics)
         .context("starting the engine threads")?;
     Ok(Loaded { engine, plan })
+}
+
+/// Runs `images` copies of the model's largest input (short side `min_size`, long side
+/// `max_size`) at once, so that each backend's graphs and arena have met their peak shape
+/// before the first request: a multi-model load then measures what the model really holds, a
+/// graph that cannot run fails the load rather than an invocation, and the first request is
+/// not the slow one.
+pub fn warm_up(engine: &Engine, images: usize, timeout: Duration) -> Result<()> {
+    let p = &engine.model().manifest().preprocess;
+    let (w, h) = (p.max_size.max(1), p.min_size.max(1));
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(w, h, image::Rgb([124, 116, 104]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("encoding the warm-up image")?;
+    let opts = PredictOptions {
+        mask_format: MaskFormat::None,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + timeout;
+    let receivers = (0..images.max(1))
+        .map(|_| engine.submit(vec![(png.clone(), opts.clone())], deadline))
+        .collect::<Result<Vec<_>, _>>()
+        .context("queueing the warm-up images")?;
+    for rx in receivers {
+        match Engine::wait(rx) {
+            Ok(_) => {}
+            Err(JobError::Predict { error, .. }) => bail!("the warm-up inference failed: {error}"),
+            Err(JobError::DeadlineExceeded) => {
+                bail!(
+                    "the warm-up inference took more than {} s",
+                    timeout.as_secs_f64()
+                )
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,11 @@
 //! Prometheus metrics, exposed in the text format on `GET /metrics`.
 
+use std::collections::HashMap;
+
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::types::ImageResult;
@@ -34,6 +37,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Time a prepared image waited in the batcher for a backend.
     pub batch_queue_wait: Histogram,
+    /// Memory a loaded model holds, by `memory` (`host`, `gpu`); multi-model mode.
+    pub model_memory: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -44,42 +49,67 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 
 impl Metrics {
     pub fn new(namespace: &str) -> Self {
+        Self::labelled(namespace, &[])
+    }
+
+    /// One model's metrics in multi-model mode: every series carries `model="<name>"`.
+    pub fn for_model(namespace: &str, model: &str) -> Self {
+        Self::labelled(namespace, &[("model", model)])
+    }
+
+    fn labelled(namespace: &str, labels: &[(&str, &str)]) -> Self {
+        let labels: HashMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
                 "HTTP requests by route, status and content type",
             )
-            .namespace(namespace),
+            .namespace(namespace)
+            .const_labels(labels.clone()),
             &["route", "status", "content_type"],
         ));
         let request_seconds = must(HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
                 .namespace(namespace)
+                .const_labels(labels.clone())
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         ));
         let stage_seconds = must(HistogramVec::new(
             HistogramOpts::new("stage_duration_seconds", "Latency of each inference stage")
                 .namespace(namespace)
+                .const_labels(labels.clone())
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["stage"],
         ));
         let inflight = must(IntGauge::with_opts(
-            Opts::new("inflight_requests", "Invocations being served").namespace(namespace),
+            Opts::new("inflight_requests", "Invocations being served")
+                .namespace(namespace)
+                .const_labels(labels.clone()),
         ));
         let queue_depth = must(IntGauge::with_opts(
-            Opts::new("queue_depth", "Inference jobs waiting for a worker").namespace(namespace),
+            Opts::new("queue_depth", "Inference jobs waiting for a worker")
+                .namespace(namespace)
+                .const_labels(labels.clone()),
         ));
         let model_load_seconds = must(Gauge::with_opts(
-            Opts::new("model_load_seconds", "Time taken to load the model").namespace(namespace),
+            Opts::new("model_load_seconds", "Time taken to load the model")
+                .namespace(namespace)
+                .const_labels(labels.clone()),
         ));
         let model_ready = must(IntGauge::with_opts(
-            Opts::new("model_ready", "1 when the model is loaded and serving").namespace(namespace),
+            Opts::new("model_ready", "1 when the model is loaded and serving")
+                .namespace(namespace)
+                .const_labels(labels.clone()),
         ));
         let detections = must(Histogram::with_opts(
             HistogramOpts::new("detections_per_image", "Detections returned per image")
                 .namespace(namespace)
+                .const_labels(labels.clone())
                 .buckets(DETECTION_BUCKETS.to_vec()),
         ));
         let execution_provider = must(GaugeVec::new(
@@ -87,7 +117,8 @@ impl Metrics {
                 "execution_provider_info",
                 "The ONNX Runtime execution provider in use",
             )
-            .namespace(namespace),
+            .namespace(namespace)
+            .const_labels(labels.clone()),
             &["provider"],
         ));
         let discarded = must(IntCounterVec::new(
@@ -95,12 +126,14 @@ impl Metrics {
                 "jobs_discarded_total",
                 "Inference jobs dropped without a result",
             )
-            .namespace(namespace),
+            .namespace(namespace)
+            .const_labels(labels.clone()),
             &["reason"],
         ));
         let batch_size = must(Histogram::with_opts(
             HistogramOpts::new("batch_size", "Images per graph run")
                 .namespace(namespace)
+                .const_labels(labels.clone())
                 .buckets(BATCH_BUCKETS.to_vec()),
         ));
         let batch_queue_wait = must(Histogram::with_opts(
@@ -109,7 +142,14 @@ impl Metrics {
                 "Time a preprocessed image waited in the batcher for a backend",
             )
             .namespace(namespace)
+            .const_labels(labels.clone())
             .buckets(LATENCY_BUCKETS.to_vec()),
+        ));
+        let model_memory = must(IntGaugeVec::new(
+            Opts::new("model_memory_bytes", "Memory held by a loaded model")
+                .namespace(namespace)
+                .const_labels(labels.clone()),
+            &["memory"],
         ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -124,6 +164,7 @@ impl Metrics {
             Box::new(discarded.clone()),
             Box::new(batch_size.clone()),
             Box::new(batch_queue_wait.clone()),
+            Box::new(model_memory.clone()),
         ] {
             must(registry.register(c));
         }
@@ -141,6 +182,7 @@ impl Metrics {
             discarded,
             batch_size,
             batch_queue_wait,
+            model_memory,
         }
     }
 
@@ -166,17 +208,29 @@ impl Metrics {
 
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Encoding into a Vec only fails on invalid metric families, which cannot occur for
-        // families gathered from our own registry; an empty page is the safe fallback.
-        if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .is_err()
-        {
-            out.clear();
-        }
-        out
+        render_all(&[self])
     }
+}
+
+/// One page for several registries (the server's and each loaded model's): a family that
+/// several define is written once, with all their series, as the format requires.
+pub fn render_all(all: &[&Metrics]) -> Vec<u8> {
+    let mut families: Vec<MetricFamily> = Vec::new();
+    for m in all {
+        for fam in m.registry.gather() {
+            match families.iter_mut().find(|f| f.name() == fam.name()) {
+                Some(f) => f.mut_metric().extend(fam.get_metric().iter().cloned()),
+                None => families.push(fam),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    // Encoding into a Vec only fails on invalid metric families, which cannot occur for
+    // families gathered from our own registries; an empty page is the safe fallback.
+    if TextEncoder::new().encode(&families, &mut out).is_err() {
+        out.clear();
+    }
+    out
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -205,5 +259,24 @@ mod tests {
         assert!(text.contains("maskserve_execution_provider_info{provider=\"cpu\"} 1"));
         assert!(text.contains("maskserve_stage_duration_seconds_bucket{stage=\"decode\""));
         assert!(text.contains("# TYPE maskserve_detections_per_image histogram"));
+    }
+
+    #[test]
+    fn merges_model_registries_into_one_family_each() {
+        let server = Metrics::new("maskserve");
+        let a = Metrics::for_model("maskserve", "a");
+        let b = Metrics::for_model("maskserve", "b");
+        a.batch_size.observe(2.0);
+        b.batch_size.observe(1.0);
+        b.model_memory.with_label_values(&["host"]).set(42);
+        let text = String::from_utf8(render_all(&[&server, &a, &b])).unwrap();
+        assert_eq!(
+            text.matches("# TYPE maskserve_batch_size histogram")
+                .count(),
+            1
+        );
+        assert!(text.contains("maskserve_batch_size_count{model=\"a\"} 1"));
+        assert!(text.contains("maskserve_batch_size_count{model=\"b\"} 1"));
+        assert!(text.contains("maskserve_model_memory_bytes{memory=\"host\",model=\"b\"} 42"));
     }
 }

@@ -19,8 +19,9 @@ pub mod request;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -62,9 +63,15 @@ impl Default for EngineConfig {
     }
 }
 
-/// Returned by [`Engine::submit`] when `queue_size` requests are already waiting.
-#[derive(Debug, PartialEq, Eq)]
-pub struct QueueFull;
+/// Why [`Engine::submit`] refused a request.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the inference queue is full")]
+    QueueFull,
+    /// [`Engine::stop`] was called: the model is being unloaded.
+    #[error("the model is being unloaded")]
+    Stopping,
+}
 
 struct Item {
     request: Arc<Request>,
@@ -89,6 +96,8 @@ struct State {
     staged: usize,
     /// Requests with images not yet taken by a backend.
     waiting: usize,
+    /// New requests are refused ([`Engine::stop`]); queued ones still run.
+    draining: bool,
     closed: bool,
 }
 
@@ -101,6 +110,8 @@ struct Shared {
     /// Most images prepared ahead of the backends.
     staged_limit: usize,
     metrics: Arc<Metrics>,
+    /// Images submitted and not yet finished (answered, failed or skipped).
+    active: AtomicUsize,
 }
 
 impl Shared {
@@ -115,6 +126,7 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     provider: String,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -139,6 +151,7 @@ impl Engine {
                 batcher: Batcher::default(),
                 staged: 0,
                 waiting: 0,
+                draining: false,
                 closed: false,
             }),
             cpu_wake: Condvar::new(),
@@ -147,20 +160,71 @@ impl Engine {
             cfg,
             staged_limit,
             metrics,
+            active: AtomicUsize::new(0),
         });
+        let mut threads = Vec::new();
         for (i, backend) in backends.into_iter().enumerate() {
             let s = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("backend-{i}"))
-                .spawn(move || backend_loop(&s, backend))?;
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("backend-{i}"))
+                    .spawn(move || backend_loop(&s, backend))?,
+            );
         }
         for i in 0..shared.cfg.cpu_threads.max(1) {
             let s = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("cpu-{i}"))
-                .spawn(move || cpu_loop(&s))?;
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("cpu-{i}"))
+                    .spawn(move || cpu_loop(&s))?,
+            );
         }
-        Ok(Engine { shared, provider })
+        Ok(Engine {
+            shared,
+            provider,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Refuses new requests, lets the submitted ones finish for up to `grace`, then stops the
+    /// threads and waits for them, so that each backend (its sessions and their memory) is
+    /// dropped before this returns. Images still queued after `grace` are dropped (their
+    /// requests answer that the engine stopped). Returns whether everything finished in time.
+    pub fn stop(&self, grace: Duration) -> bool {
+        let s = &self.shared;
+        s.lock().draining = true;
+        let until = Instant::now() + grace;
+        while s.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let drained = s.active.load(Ordering::SeqCst) == 0;
+        self.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            // A thread that panicked has already dropped its backend.
+            let _ = t.join();
+        }
+        // What no thread will run any more: dropping it answers its requests' receivers
+        // (the engine stopped) instead of leaving them waiting for their deadlines.
+        let mut st = s.lock();
+        st.prepare.clear();
+        st.finish.clear();
+        st.batcher = Batcher::default();
+        st.staged = 0;
+        st.waiting = 0;
+        drop(st);
+        drained
+    }
+
+    /// Images submitted and not yet answered.
+    pub fn active(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.cpu_wake.notify_all();
+        self.shared.backend_wake.notify_all();
     }
 
     /// Queues a request of one or more images; the receiver yields the results in order.
@@ -169,7 +233,7 @@ impl Engine {
         &self,
         items: Vec<(Vec<u8>, PredictOptions)>,
         deadline: Instant,
-    ) -> Result<oneshot::Receiver<JobResult>, QueueFull> {
+    ) -> Result<oneshot::Receiver<JobResult>, Refused> {
         let (reply, rx) = oneshot::channel();
         let (images, opts): (Vec<Vec<u8>>, Vec<PredictOptions>) = items.into_iter().unzip();
         if images.is_empty() {
@@ -179,10 +243,14 @@ impl Engine {
         let request = Arc::new(Request::new(opts, deadline, reply));
         let s = &self.shared;
         let mut st = s.lock();
+        if st.draining || st.closed {
+            return Err(Refused::Stopping);
+        }
         if st.waiting >= s.cfg.queue_size.max(1) {
-            return Err(QueueFull);
+            return Err(Refused::QueueFull);
         }
         st.waiting += 1;
+        s.active.fetch_add(images.len(), Ordering::SeqCst);
         s.metrics.queue_depth.set(st.waiting as i64);
         for (index, bytes) in images.into_iter().enumerate() {
             let item = Item {
@@ -214,9 +282,9 @@ impl Engine {
     pub fn run(&self, items: Vec<(Vec<u8>, PredictOptions)>, timeout: Duration) -> JobResult {
         let rx = self
             .submit(items, Instant::now() + timeout)
-            .map_err(|_| JobError::Predict {
+            .map_err(|e| JobError::Predict {
                 index: 0,
-                error: PredictError::Inference("the engine queue is full".into()),
+                error: PredictError::Inference(e.to_string()),
             })?;
         Self::wait(rx)
     }
@@ -234,9 +302,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.cpu_wake.notify_all();
-        self.shared.backend_wake.notify_all();
+        self.close();
     }
 }
 
@@ -275,6 +341,7 @@ fn finish(
     item: &Item,
     outcome: Option<Result<crate::types::ImageResult, PredictError>>,
 ) {
+    s.active.fetch_sub(1, Ordering::SeqCst);
     if item.request.finish(item.index, outcome) == Outcome::ClientGone
         && item.request.count_client_gone()
     {

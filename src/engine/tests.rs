@@ -216,7 +216,7 @@ fn full_queue_is_refused_and_cancelled_images_do_not_run() {
         .unwrap();
     assert_eq!(
         e.submit(vec![(img.clone(), opts())], far()).unwrap_err(),
-        QueueFull
+        Refused::QueueFull
     );
     drop(abandoned);
     assert!(first.blocking_recv().unwrap().is_ok());
@@ -240,4 +240,50 @@ fn expired_requests_answer_deadline_exceeded() {
     assert_eq!(f.calls.images.load(Ordering::SeqCst), 0);
     let empty = e.submit(Vec::new(), far()).unwrap();
     assert!(empty.blocking_recv().unwrap().unwrap().is_empty());
+}
+
+#[test]
+fn stop_drains_then_drops_the_backends() {
+    let cfg = EngineConfig {
+        debug_delay: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    let (e, f) = start(2, cfg);
+    let img = png(300, 200, 5);
+    let queued: Vec<_> = (0..3)
+        .map(|_| e.submit(vec![(img.clone(), opts())], far()).unwrap())
+        .collect();
+    assert!(e.active() > 0);
+    assert!(e.stop(Duration::from_secs(30)));
+    for rx in queued {
+        assert!(rx.blocking_recv().unwrap().is_ok());
+    }
+    assert_eq!(e.active(), 0);
+    // Every backend thread has ended and dropped its backend: only the test's clone is left.
+    assert_eq!(Arc::strong_count(&f.calls), 1);
+    assert_eq!(
+        e.submit(vec![(img, opts())], far()).unwrap_err(),
+        Refused::Stopping
+    );
+}
+
+#[test]
+fn stop_after_grace_answers_what_is_left() {
+    let cfg = EngineConfig {
+        debug_delay: Duration::from_millis(300),
+        ..EngineConfig::default()
+    };
+    let (e, f) = start(1, cfg);
+    let img = png(300, 200, 6);
+    let rxs: Vec<_> = (0..4)
+        .map(|_| e.submit(vec![(img.clone(), opts())], far()).unwrap())
+        .collect();
+    assert!(!e.stop(Duration::from_millis(50)));
+    assert_eq!(Arc::strong_count(&f.calls), 1);
+    // The images never run are dropped: their receivers see the engine gone, none hangs.
+    let answered = rxs
+        .into_iter()
+        .filter_map(|rx| rx.blocking_recv().ok())
+        .count();
+    assert!(answered < 4);
 }

@@ -4,6 +4,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::models::ModelError;
 use crate::types::PredictError;
 
 /// An error answered to the client as JSON; `retry_after` (seconds) goes into `Retry-After`.
@@ -65,10 +66,45 @@ impl ApiError {
             | PredictError::UnsupportedFormat(_)
             | PredictError::BadOption(_) => StatusCode::BAD_REQUEST,
             PredictError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // On a GPU shared by several models a run can find no memory left: the contract's
+            // answer is 507, which tells SageMaker to unload a model.
+            PredictError::Inference(m) if is_out_of_memory(m) => StatusCode::INSUFFICIENT_STORAGE,
             PredictError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, format!("{prefix}{err}"))
     }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        let status = match &e {
+            ModelError::AlreadyLoaded(_) | ModelError::Loading(_) | ModelError::Unloading(_) => {
+                StatusCode::CONFLICT
+            }
+            ModelError::NotLoaded(_) => StatusCode::NOT_FOUND,
+            ModelError::NoSuchDirectory(_) | ModelError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            // SageMaker evicts a least-recently-used model and retries on 507.
+            ModelError::InsufficientMemory { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            ModelError::LoadFailed { reason, .. } if is_out_of_memory(reason) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            ModelError::LoadFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// ONNX Runtime's words for an allocation that failed (host arena or CUDA).
+pub fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "out of memory",
+        "failed to allocate",
+        "bad_alloc",
+        "cudaerrormemoryallocation",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
 }
 
 impl std::fmt::Display for ApiError {

@@ -17,8 +17,9 @@ use super::connection::PeerSocket;
 use super::error::{json_error, ApiError};
 use super::request::{self, negotiation, options};
 use super::response;
-use crate::engine::{Engine, JobError, JobResult};
+use crate::engine::{Engine, JobError, JobResult, Refused};
 use crate::metrics::{self, Metrics};
+use crate::models::{ModelError, Registry};
 use crate::types::{ImageResult, PredictOptions};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -28,6 +29,8 @@ const INBOUND_ID_HEADERS: &[&str] = &[
     "x-amzn-sagemaker-inference-id",
 ];
 pub const CUSTOM_ATTRIBUTES_HEADER: &str = "x-amzn-sagemaker-custom-attributes";
+/// Names the model of a multi-model endpoint on `/invocations`.
+pub const TARGET_MODEL_HEADER: &str = "x-amzn-sagemaker-target-model";
 /// Bytes read and thrown away past the body limit so the client gets a clean 413 instead of
 /// a reset connection; beyond this the response is sent without reading the rest.
 const DRAIN_CAP: usize = 16 << 20;
@@ -81,8 +84,16 @@ pub struct AppState {
     pub settings: HttpSettings,
     pub metrics: Arc<Metrics>,
     /// Unset while loading; `Err` holds the load error, reported by `/ping` and
-    /// `/invocations` (503) so a broken model never looks healthy.
+    /// `/invocations` (503) so a broken model never looks healthy. Single-model mode only.
     pub model: OnceLock<Result<Ready, String>>,
+    /// Multi-model mode: the models loaded through `POST /models`.
+    pub models: Option<Arc<Registry>>,
+}
+
+/// What an invocation runs on: an engine and the metrics its requests count in.
+pub struct Target<'a> {
+    pub engine: &'a Engine,
+    pub metrics: &'a Metrics,
 }
 
 impl AppState {
@@ -139,25 +150,43 @@ pub async fn not_found() -> HttpResponse {
     json_error(StatusCode::NOT_FOUND, "Not Found", None)
 }
 
-async fn method_not_allowed() -> HttpResponse {
+pub async fn method_not_allowed() -> HttpResponse {
     json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", None)
 }
 
 /// Health: 200 with an empty body when the model is ready, 503 + JSON otherwise. It only
 /// reads a `OnceLock`, so it answers at once however busy the inference threads are.
 async fn ping(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.ready()?;
+    // A multi-model server is healthy without any model: SageMaker loads them on demand.
+    if state.models.is_none() {
+        state.ready()?;
+    }
     Ok(HttpResponse::Ok().finish())
 }
 
 async fn execution_parameters(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.models.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "batch transform's execution parameters belong to single-model mode",
+        ));
+    }
     Ok(HttpResponse::Ok().json(&state.ready()?.execution_parameters))
 }
 
 async fn metrics_page(state: web::Data<AppState>) -> HttpResponse {
+    let body = match &state.models {
+        None => state.metrics.render(),
+        Some(registry) => {
+            let loaded = registry.loaded();
+            let mut all: Vec<&Metrics> = vec![&state.metrics];
+            all.extend(loaded.iter().map(|s| s.metrics.as_ref()));
+            metrics::render_all(&all)
+        }
+    };
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body(state.metrics.render())
+        .body(body)
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
@@ -230,6 +259,8 @@ struct Invocation {
     parsed: request::ParsedRequest,
     format: negotiation::ResponseFormat,
     items: Vec<(Vec<u8>, PredictOptions)>,
+    /// The response's `X-Amzn-SageMaker-Custom-Attributes` (only when the request had one).
+    attributes_reply: Option<String>,
 }
 
 async fn invocations(
@@ -237,22 +268,65 @@ async fn invocations(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let Some(registry) = &state.models else {
+        let ready = state.ready()?;
+        let target = Target {
+            engine: &ready.engine,
+            metrics: &state.metrics,
+        };
+        return invoke(&req, payload, &state, target).await;
+    };
+    let Some(name) = header_str(req.headers(), TARGET_MODEL_HEADER) else {
+        return Err(ApiError::bad_request(
+            "multi-model mode: name the model in X-Amzn-SageMaker-Target-Model, or POST to \
+             /models/{name}/invoke",
+        ));
+    };
+    let served = registry.get(name).map_err(invocation_error)?;
+    let target = Target {
+        engine: &served.engine,
+        metrics: &served.metrics,
+    };
+    invoke(&req, payload, &state, target).await
+}
+
+/// A model that cannot be invoked right now: loading or unloading is transient (503 and
+/// retry), a model that is not loaded is a 404.
+pub fn invocation_error(e: ModelError) -> ApiError {
+    match e {
+        ModelError::Loading(_) | ModelError::Unloading(_) => {
+            ApiError::unavailable(e.to_string(), RETRY_AFTER_LOADING)
+        }
+        e => e.into(),
+    }
+}
+
+/// Reads, runs and answers one invocation on `target` (`/invocations` and
+/// `/models/{name}/invoke`).
+pub async fn invoke(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    target: Target<'_>,
+) -> Result<HttpResponse, ApiError> {
     let start = Instant::now();
     let deadline = start + state.settings.timeout;
-    let ready = state.ready()?;
-    let inv = read_invocation(&req, payload, &state, start, deadline).await?;
+    let inv = read_invocation(req, payload, state, target.metrics, start, deadline).await?;
     let peer = req.conn_data::<PeerSocket>().copied();
-    let results = infer(&ready.engine, &state, inv.items, deadline, peer).await?;
+    let results = infer(&target, state, inv.items, deadline, peer).await?;
     let t_encode = Instant::now();
     let body = response::encode_response(&inv.parsed, &results, &inv.format)?;
-    state
+    target
         .metrics
         .stage_seconds
         .with_label_values(&["encode"])
         .observe(t_encode.elapsed().as_secs_f64());
-    Ok(HttpResponse::Ok()
-        .content_type(inv.format.content_type)
-        .body(body))
+    let mut res = HttpResponse::Ok();
+    res.content_type(inv.format.content_type);
+    if let Some(attrs) = inv.attributes_reply {
+        res.insert_header((CUSTOM_ATTRIBUTES_HEADER, attrs));
+    }
+    Ok(res.body(body))
 }
 
 /// Negotiates the response type, reads the body (bounded in size and time) and parses it into
@@ -261,6 +335,7 @@ async fn read_invocation(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    metrics: &Metrics,
     start: Instant,
     deadline: Instant,
 ) -> Result<Invocation, ApiError> {
@@ -274,9 +349,14 @@ async fn read_invocation(
         negotiation::request_kind(content_type.as_deref(), b"")?;
     }
     let attributes = header_str(headers, CUSTOM_ATTRIBUTES_HEADER);
-    let header_options = attributes
-        .map(options::parse_custom_attributes)
-        .unwrap_or_default();
+    let (header_options, attributes_reply) = match attributes {
+        Some(a) => {
+            let parsed = options::read_custom_attributes(a);
+            let reply = parsed.reply();
+            (parsed.overrides, reply)
+        }
+        None => (Default::default(), None),
+    };
     let debug_panic =
         settings.allow_debug_panic && attributes.is_some_and(options::debug_panic_requested);
     let content_length = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
@@ -302,8 +382,7 @@ async fn read_invocation(
         format
     };
     let t_parse = Instant::now();
-    state
-        .metrics
+    metrics
         .stage_seconds
         .with_label_values(&["read_body"])
         .observe((t_parse - start).as_secs_f64());
@@ -313,8 +392,7 @@ async fn read_invocation(
     let mut parsed = web::block(move || request::parse_request(kind, &body, max_instances))
         .await
         .map_err(|_| ApiError::internal("request parser failed"))??;
-    state
-        .metrics
+    metrics
         .stage_seconds
         .with_label_values(&["parse"])
         .observe(t_parse.elapsed().as_secs_f64());
@@ -329,6 +407,7 @@ async fn read_invocation(
         parsed,
         format,
         items,
+        attributes_reply,
     })
 }
 
@@ -364,23 +443,26 @@ async fn wait(
 }
 
 async fn infer(
-    engine: &Engine,
+    target: &Target<'_>,
     state: &AppState,
     items: Vec<(Vec<u8>, PredictOptions)>,
     deadline: Instant,
     peer: Option<PeerSocket>,
 ) -> Result<Vec<ImageResult>, ApiError> {
     let n = items.len();
-    let rx = engine.submit(items, deadline).map_err(|_| {
-        state
-            .metrics
-            .discarded
-            .with_label_values(&["overloaded"])
-            .inc();
-        ApiError::unavailable(
-            "server overloaded: the inference queue is full; retry later",
-            RETRY_AFTER_OVERLOADED,
-        )
+    let metrics = target.metrics;
+    let rx = target.engine.submit(items, deadline).map_err(|e| match e {
+        Refused::QueueFull => {
+            metrics.discarded.with_label_values(&["overloaded"]).inc();
+            ApiError::unavailable(
+                "server overloaded: the inference queue is full; retry later",
+                RETRY_AFTER_OVERLOADED,
+            )
+        }
+        Refused::Stopping => ApiError::unavailable(
+            "the model is being unloaded; load it again to invoke it",
+            RETRY_AFTER_LOADING,
+        ),
     })?;
     let timeout_msg = || {
         ApiError::gateway_timeout(format!(
@@ -391,11 +473,7 @@ async fn infer(
     let outcome = match wait(rx, deadline, peer).await {
         // Dropping the receiver here tells the engine to drop the images not yet run.
         Waited::Deadline => {
-            state
-                .metrics
-                .discarded
-                .with_label_values(&["deadline"])
-                .inc();
+            metrics.discarded.with_label_values(&["deadline"]).inc();
             return Err(timeout_msg());
         }
         // The engine counts it (`client_gone`) when it drops the images.
@@ -405,7 +483,13 @@ async fn infer(
                 "the client closed the connection",
             ));
         }
-        Waited::Stopped => return Err(ApiError::internal("the inference engine stopped")),
+        // Only an unload stops an engine while the server runs.
+        Waited::Stopped => {
+            return Err(ApiError::unavailable(
+                "the model was unloaded before this request finished",
+                RETRY_AFTER_LOADING,
+            ))
+        }
         Waited::Done(outcome) => outcome,
     };
     match outcome {
@@ -453,8 +537,16 @@ fn route_label(path: &str) -> &'static str {
         "/invocations" => "/invocations",
         "/execution-parameters" => "/execution-parameters",
         "/metrics" => "/metrics",
-        // One label for everything else keeps the label set bounded.
-        _ => "other",
+        "/models" => "/models",
+        // Model names stay out of the label: one label per route keeps the set bounded.
+        p => match p
+            .strip_prefix("/models/")
+            .map(|rest| rest.split('/').collect::<Vec<_>>())
+        {
+            Some(parts) if parts.len() == 1 => "/models/{name}",
+            Some(parts) if parts.len() == 2 && parts[1] == "invoke" => "/models/{name}/invoke",
+            _ => "other",
+        },
     }
 }
 
@@ -515,7 +607,7 @@ pub async fn observe(
     let method = req.method().to_string();
     let path = req.path().to_owned();
     let start = Instant::now();
-    let invocation = route == "/invocations";
+    let invocation = route == "/invocations" || route == "/models/{name}/invoke";
     if invocation {
         if let Some(s) = &state {
             s.metrics.inflight.inc();
@@ -620,6 +712,10 @@ mod tests {
     fn labels_are_bounded() {
         assert_eq!(route_label("/ping"), "/ping");
         assert_eq!(route_label("/etc/passwd"), "other");
+        assert_eq!(route_label("/models"), "/models");
+        assert_eq!(route_label("/models/a1b2"), "/models/{name}");
+        assert_eq!(route_label("/models/a1b2/invoke"), "/models/{name}/invoke");
+        assert_eq!(route_label("/models/a1b2/x/invoke"), "other");
         let mut h = HeaderMap::new();
         assert_eq!(content_type_label(&h), "none");
         h.insert(

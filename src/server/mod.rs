@@ -10,10 +10,12 @@
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod multi_model;
 pub mod request;
 pub mod response;
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,44 @@ use anyhow::{Context, Result};
 
 use self::http::{AppState, Ready};
 use crate::config::ServeArgs;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::models::Registry;
+
+/// Longest a multi-model load may spend in its warm-up inference.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Multi-model mode's loader: the server's settings with `dir` as the model directory, and a
+/// warm-up so the load's memory and failures show before the first invocation.
+fn load_model_dir(args: &ServeArgs, dir: &Path, metrics: Arc<Metrics>) -> Result<Engine> {
+    let loaded = crate::loader::load(
+        args.model.ort_lib.as_deref(),
+        args.model.device,
+        |provider, cpus| {
+            let mut plan = args.plan(provider, cpus)?;
+            plan.model_dir = dir.to_path_buf();
+            Ok(plan)
+        },
+        metrics,
+    )?;
+    crate::loader::warm_up(&loaded.engine, loaded.plan.backends, WARM_UP_TIMEOUT)?;
+    Ok(loaded.engine)
+}
+
+fn registry(args: &ServeArgs) -> Result<Registry> {
+    let budget = args.models_budget()?;
+    let a = args.clone();
+    tracing::info!(
+        budget_bytes = budget,
+        "multi-model mode: models load through POST /models"
+    );
+    Ok(Registry::new(
+        budget,
+        args.model.layout,
+        "maskserve",
+        Box::new(move |dir, metrics| load_model_dir(&a, dir, metrics)),
+    ))
+}
 
 /// Loads the model and starts the engine (runs on a background thread).
 fn load(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Ready> {
@@ -83,10 +122,18 @@ fn spawn_loader(args: &ServeArgs, state: web::Data<AppState>) -> Result<()> {
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = args.settings()?;
     let metrics = Arc::new(Metrics::new("maskserve"));
+    let models = if args.multi_model {
+        // The ONNX Runtime library is loaded once for all models: a bad path fails the start.
+        crate::backend::ort::environment(args.model.ort_lib.as_deref())?;
+        Some(Arc::new(registry(&args)?))
+    } else {
+        None
+    };
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         metrics: Arc::clone(&metrics),
         model: OnceLock::new(),
+        models,
     });
 
     // Bind first, so SageMaker's connection attempts succeed (and /ping answers 503) while
@@ -101,15 +148,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    tracing::info!(
-        address = %local,
-        model_dir = %args.model.model_dir().display(),
-        payload_limit = settings.payload_limit,
-        timeout_s = settings.timeout.as_secs_f64(),
-        "listening; loading the model"
-    );
-
-    spawn_loader(&args, state.clone())?;
+    if args.multi_model {
+        tracing::info!(
+            address = %local,
+            payload_limit = settings.payload_limit,
+            timeout_s = settings.timeout.as_secs_f64(),
+            "listening (multi-model)"
+        );
+    } else {
+        tracing::info!(
+            address = %local,
+            model_dir = %args.model.model_dir().display(),
+            payload_limit = settings.payload_limit,
+            timeout_s = settings.timeout.as_secs_f64(),
+            "listening; loading the model"
+        );
+        spawn_loader(&args, state.clone())?;
+    }
 
     let shutdown_timeout = args.shutdown_timeout;
     let http_workers = args.http_workers.max(1);
@@ -130,6 +185,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                         }),
                 )
                 .configure(http::routes)
+                .configure(multi_model::routes)
                 .default_service(web::to(http::not_found))
                 .wrap(middleware::from_fn(http::observe))
         })

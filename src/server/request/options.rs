@@ -95,40 +95,105 @@ fn parse_mask_format(s: &str) -> Option<MaskFormat> {
     }
 }
 
+/// The options read from `X-Amzn-SageMaker-Custom-Attributes`, and what became of each of
+/// our keys (for the response's header of the same name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomAttributes {
+    pub overrides: OptionOverrides,
+    /// `key=value` of each option applied, in canonical spelling.
+    pub applied: Vec<String>,
+    /// Our keys whose values were invalid and therefore not applied.
+    pub invalid: Vec<String>,
+}
+
+/// Longest custom-attributes value InvokeEndpoint carries.
+const MAX_ATTRIBUTES: usize = 1024;
+
+impl CustomAttributes {
+    /// The response's `X-Amzn-SageMaker-Custom-Attributes`: the options applied and our keys
+    /// that were not (`invalid=a|b`); `None` when there is nothing to say.
+    pub fn reply(&self) -> Option<String> {
+        let mut parts = self.applied.clone();
+        if !self.invalid.is_empty() {
+            parts.push(format!("invalid={}", self.invalid.join("|")));
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        let mut s = parts.join(",");
+        // Every byte is ASCII (our key names and canonical numbers): cutting is safe.
+        s.truncate(MAX_ATTRIBUTES);
+        Some(s)
+    }
+}
+
 /// Parses `X-Amzn-SageMaker-Custom-Attributes`: `key=value` pairs separated by `,` or `;`.
 /// Never fails: SageMaker forwards this header verbatim and it may carry other tools' keys
-/// (`tfs-model-name=…`, a trace id), so unknown keys and invalid values are ignored.
-pub fn parse_custom_attributes(header: &str) -> OptionOverrides {
-    let mut out = OptionOverrides::default();
+/// (`tfs-model-name=…`, a trace id), so unknown keys are left alone and invalid values of
+/// ours are not applied (and named in [`CustomAttributes::invalid`]).
+pub fn read_custom_attributes(header: &str) -> CustomAttributes {
+    let mut out = CustomAttributes::default();
     for pair in header.split([',', ';']) {
         let Some((key, value)) = pair.split_once('=') else {
             continue;
         };
-        match option_key(key) {
-            Some(OptKey::Score) => {
-                if let Some(v) = parse_threshold(value) {
-                    out.score_threshold = Some(v);
-                }
+        let Some(k) = option_key(key) else { continue };
+        let o = &mut out.overrides;
+        let (name, applied) = match k {
+            OptKey::Score => {
+                o.score_threshold = parse_threshold(value).or(o.score_threshold);
+                (
+                    "score_threshold",
+                    parse_threshold(value).map(|v| v.to_string()),
+                )
             }
-            Some(OptKey::Mask) => {
-                if let Some(v) = parse_threshold(value) {
-                    out.mask_threshold = Some(v);
-                }
+            OptKey::Mask => {
+                o.mask_threshold = parse_threshold(value).or(o.mask_threshold);
+                (
+                    "mask_threshold",
+                    parse_threshold(value).map(|v| v.to_string()),
+                )
             }
-            Some(OptKey::MaxDet) => {
-                if let Some(v) = parse_max_detections(value) {
-                    out.max_detections = Some(v);
-                }
+            OptKey::MaxDet => {
+                o.max_detections = parse_max_detections(value).or(o.max_detections);
+                (
+                    "max_detections",
+                    parse_max_detections(value).map(|v| v.to_string()),
+                )
             }
-            Some(OptKey::Format) => {
-                if let Some(v) = parse_mask_format(value) {
-                    out.mask_format = Some(v);
-                }
+            OptKey::Format => {
+                o.mask_format = parse_mask_format(value).or(o.mask_format);
+                (
+                    "mask_format",
+                    parse_mask_format(value).map(mask_format_name),
+                )
             }
+        };
+        match applied {
+            Some(v) => {
+                out.applied.retain(|a| !a.starts_with(&format!("{name}=")));
+                out.applied.push(format!("{name}={v}"));
+            }
+            None if !out.invalid.iter().any(|i| i == name) => out.invalid.push(name.into()),
             None => {}
         }
     }
     out
+}
+
+fn mask_format_name(f: MaskFormat) -> String {
+    match f {
+        MaskFormat::Rle => "rle",
+        MaskFormat::Polygon => "polygon",
+        MaskFormat::Png => "png",
+        MaskFormat::None => "none",
+    }
+    .into()
+}
+
+/// The option overrides of `X-Amzn-SageMaker-Custom-Attributes` (see [`read_custom_attributes`]).
+pub fn parse_custom_attributes(header: &str) -> OptionOverrides {
+    read_custom_attributes(header).overrides
 }
 
 /// True when the custom attributes carry `debug_panic=1` (or `true`): the test hook of
@@ -227,5 +292,24 @@ mod tests {
                 "{junk}"
             );
         }
+    }
+
+    #[test]
+    fn custom_attributes_reply_says_what_was_applied() {
+        let a = read_custom_attributes(
+            "Trace ID: 7, min_score=0.25, max_dets=abc, mask_format=PNG, score_threshold=0.5",
+        );
+        assert_eq!(a.overrides.score_threshold, Some(0.5));
+        assert_eq!(
+            a.reply().as_deref(),
+            Some("mask_format=png,score_threshold=0.5,invalid=max_detections")
+        );
+        assert_eq!(read_custom_attributes("Trace ID: 7").reply(), None);
+        assert_eq!(
+            read_custom_attributes("score_threshold=2")
+                .reply()
+                .as_deref(),
+            Some("invalid=score_threshold")
+        );
     }
 }
