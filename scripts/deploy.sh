@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Render the manifests with the values in k8s/values.yaml and apply them with kubectl.
 #
-# usage: deploy.sh [options] operator|ack|plain [train|serve|batch|all]...  (options anywhere)
+# usage: deploy.sh [options] operator|ack|plain [train|serve|batch|mme|ic|all]...
 #   operator   SageMaker Operator for Kubernetes (sagemaker.aws.amazon.com/v1, end of life)
 #   ack        ACK SageMaker controller (sagemaker.services.k8s.aws/v1alpha1)
 #   plain      in-cluster Deployment + Service + HorizontalPodAutoscaler
-#   components default to all (plain has only serve)
+#   components default to all = train serve batch (plain has only serve). Other endpoints,
+#   deployed only when named: mme (multi-model endpoint; operator, ack), ic (inference
+#   components; ack). Options go anywhere.
 # options:
 #   --dry-run          render, then print every kubectl command instead of running it
 #   --delete           delete the rendered objects instead (reverse order; keeps the namespace)
@@ -66,23 +68,32 @@ case "${FLAVOR}" in
   *) echo "deploy.sh: flavor must be operator, ack or plain, not '${FLAVOR}'" >&2; exit 2 ;;
 esac
 
-# Phases run in this order: the model that serve and batch use is the training job's output.
+# "all" is the one-model path; mme and ic are other endpoints, deployed only when named.
+NAMED=()
+for component in "${WANTED[@]}"; do
+  case "${component}" in
+    all) NAMED+=(train serve batch) ;;
+    train|serve|batch|mme|ic) NAMED+=("${component}") ;;
+    *)
+      echo "deploy.sh: unknown component '${component}' (train, serve, batch, mme, ic, all)" >&2
+      exit 2
+      ;;
+  esac
+done
+# Phases run in this order: the model that serve, batch and ic use is the training job's output.
 PHASES=()
-for phase in train serve batch; do
-  for component in "${WANTED[@]}"; do
-    case "${component}" in
-      train|serve|batch|all) ;;
-      *) echo "deploy.sh: unknown component '${component}' (train, serve, batch, all)" >&2; exit 2 ;;
-    esac
-    if [[ "${component}" == "${phase}" || "${component}" == all ]]; then
-      PHASES+=("${phase}")
-      break
-    fi
-  done
+for phase in train serve batch mme ic; do
+  if [[ " ${NAMED[*]} " == *" ${phase} "* ]]; then
+    PHASES+=("${phase}")
+  fi
 done
 
+if [[ "${FLAVOR}" != ack && " ${PHASES[*]} " == *" ic "* ]]; then
+  echo "deploy.sh: inference components (ic) exist only with ack" >&2
+  exit 2
+fi
 if [[ "${FLAVOR}" == plain ]]; then
-  if [[ " ${PHASES[*]} " != *" serve "* ]]; then
+  if [[ " ${PHASES[*]} " != *" serve "* || " ${PHASES[*]} " == *" mme "* ]]; then
     echo "deploy.sh: plain has only the serve component" >&2
     exit 2
   fi
@@ -118,7 +129,7 @@ import yaml
 plurals = {"TrainingJob": "trainingjobs", "HostingDeployment": "hostingdeployments",
            "BatchTransformJob": "batchtransformjobs", "Model": "models",
            "EndpointConfig": "endpointconfigs", "Endpoint": "endpoints",
-           "TransformJob": "transformjobs"}
+           "TransformJob": "transformjobs", "InferenceComponent": "inferencecomponents"}
 seen = []
 for path in sys.argv[1:]:
     with open(path, encoding="utf-8") as fh:
@@ -137,6 +148,11 @@ PY
   fi
 }
 
+wait_endpoint() {
+  run "${K[@]}" wait "endpoint.${GROUP}/$1" \
+    --for=jsonpath='{.status.endpointStatus}'=InService --timeout "${TIMEOUT}"
+}
+
 wait_for() {
   case "${FLAVOR}/$1" in
     plain/serve)
@@ -151,8 +167,18 @@ wait_for() {
         --for=jsonpath='{.status.endpointStatus}'=InService --timeout "${TIMEOUT}"
       ;;
     ack/serve)
-      run "${K[@]}" wait "endpoint.${GROUP}/$(render --get endpoint_name)" \
+      wait_endpoint "$(render --get endpoint_name)"
+      ;;
+    operator/mme)
+      run "${K[@]}" wait "hostingdeployment.${GROUP}/$(render --get mme_endpoint_name)" \
         --for=jsonpath='{.status.endpointStatus}'=InService --timeout "${TIMEOUT}"
+      ;;
+    ack/mme)
+      wait_endpoint "$(render --get mme_endpoint_name)"
+      ;;
+    ack/ic)
+      run "${K[@]}" wait "inferencecomponent.${GROUP}/$(render --get ic_inference_component_name)" \
+        --for=jsonpath='{.status.inferenceComponentStatus}'=InService --timeout "${TIMEOUT}"
       ;;
     operator/batch)
       run "${K[@]}" wait "batchtransformjob.${GROUP}/$(render --get transform_job_name)" \
@@ -191,6 +217,10 @@ for (( p=0; p<${#PHASES[@]}; p++ )); do
     check_crds "${FILES[@]}"
   fi
   for file in "${FILES[@]}"; do
+    # SageMaker places an inference component only on an endpoint that is InService.
+    if [[ "${FLAVOR}/${phase}" == ack/ic && "${file}" == *-inferencecomponent.yaml ]]; then
+      wait_endpoint "$(render --get ic_endpoint_name)"
+    fi
     run "${KUBECTL[@]}" apply -f "${file}"
   done
   # Later phases need the trained model, so training is always waited for when they follow.

@@ -6,13 +6,17 @@ types, names) lives in k8s/values.yaml; templates refer to them as ``${name}`` (
 literal ``${``). A value may itself refer to other values.
 
     scripts/render_manifests.py --flavor ack --component serve --out rendered/
+    scripts/render_manifests.py --flavor ack --component ic                  # to stdout
     scripts/render_manifests.py --flavor plain --set region=eu-west-1        # to stdout
     scripts/render_manifests.py --get serving_image_gpu --set region=eu-west-1
 
 Flavors: ``operator`` (SageMaker Operator for Kubernetes, sagemaker.aws.amazon.com/v1),
 ``ack`` (ACK SageMaker controller, sagemaker.services.k8s.aws/v1alpha1) and ``plain``
-(Deployment, Service, HorizontalPodAutoscaler). Components: ``train``, ``serve``, ``batch``
-(each template names its components in a ``# component:`` header line). The Namespace in
+(Deployment, Service, HorizontalPodAutoscaler). Components: ``train``, ``serve``, ``batch``,
+and two other kinds of endpoint: ``mme`` (a multi-model endpoint; operator and ack) and ``ic``
+(an endpoint with inference components; ack only). Each template names its components in a
+``# component:`` header line. ``all``, the default, is train, serve and batch: the one-model
+path; mme and ic are alternatives to serve and are rendered only when named. The Namespace in
 templates/common is rendered with every flavor.
 """
 
@@ -33,7 +37,9 @@ K8S_DIR = REPO_ROOT / "k8s"
 DEFAULT_VALUES = K8S_DIR / "values.yaml"
 TEMPLATES_DIR = K8S_DIR / "templates"
 FLAVORS = ("operator", "ack", "plain")
-COMPONENTS = ("train", "serve", "batch")
+COMPONENTS = ("train", "serve", "batch", "mme", "ic")
+# What "all" (and no --component) selects: the one-model path. mme and ic are other endpoints.
+DEFAULT_COMPONENTS = ("train", "serve", "batch")
 COMMON_COMPONENT = "common"
 
 PLACEHOLDER = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -180,7 +186,9 @@ def render_template(path: Path, values: Mapping[str, str]) -> Rendered:
 
 
 def render(
-    flavor: str, components: Iterable[str] = COMPONENTS, values: Mapping[str, str] | None = None
+    flavor: str,
+    components: Iterable[str] = DEFAULT_COMPONENTS,
+    values: Mapping[str, str] | None = None,
 ) -> list[Rendered]:
     """Render the selected templates of a flavor with the given (or default) values."""
     vals = dict(values) if values is not None else load_values()
@@ -209,7 +217,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--component",
         action="append",
         choices=(*COMPONENTS, "all"),
-        help="train, serve, batch or all (repeatable; default all)",
+        help="train, serve, batch, mme, ic or all (= train serve batch; repeatable; default all)",
     )
     parser.add_argument(
         "--values", action="append", type=Path, default=[], help="extra values file (repeatable)"
@@ -233,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.flavor:
             raise RenderError("--flavor is required (operator, ack or plain)")
         components = args.component or ["all"]
-        selected = COMPONENTS if "all" in components else tuple(components)
+        named = [c for c in components if c != "all"]
+        selected = (*DEFAULT_COMPONENTS, *named) if "all" in components else tuple(named)
         rendered = render(args.flavor, selected, values)
     except (RenderError, OSError, yaml.YAMLError) as exc:
         print(f"render_manifests: {exc}", file=sys.stderr)

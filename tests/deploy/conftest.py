@@ -32,10 +32,11 @@ def flavor(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def rendered_docs(flavor: str) -> list[dict[str, Any]]:
-    """Every document of one flavor, all components, default values."""
+    """Every document of one flavor, every component (mme and ic too), default values."""
     import render_manifests
 
-    return [doc for item in render_manifests.render(flavor) for doc in item.documents]
+    rendered = render_manifests.render(flavor, render_manifests.COMPONENTS)
+    return [doc for item in rendered for doc in item.documents]
 
 
 @pytest.fixture()

@@ -22,6 +22,8 @@ ECR_IMAGE = re.compile(
 )
 ML_INSTANCE = re.compile(r"^ml\.[a-z0-9\-]+\.[a-z0-9]+$")
 SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# CreateInferenceComponent's pattern (at most 63 characters).
+INFERENCE_COMPONENT_NAME = re.compile(r"^(?=.{1,63}$)[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
@@ -63,6 +65,18 @@ def _pattern(rx: re.Pattern[str], what: str) -> Check:
 def _positive_int(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         return f"{v!r} must be an integer >= 1"
+    return None
+
+
+def _non_negative_int(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        return f"{v!r} must be an integer >= 0"
+    return None
+
+
+def _positive_number(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        return f"{v!r} must be a number > 0"
     return None
 
 
@@ -113,6 +127,7 @@ is_image = _pattern(ECR_IMAGE, "an ECR image URI with a tag")
 is_instance = _pattern(ML_INSTANCE, "an ml.* instance type")
 is_sm_name = _pattern(SAGEMAKER_NAME, "a SageMaker name (alphanumerics and '-', <= 63)")
 is_region = _pattern(REGION, "an AWS region")
+is_ic_name = _pattern(INFERENCE_COMPONENT_NAME, "an inference component name (<= 63)")
 
 
 def _in(*allowed: str) -> Check:
@@ -121,6 +136,10 @@ def _in(*allowed: str) -> Check:
 
     return check
 
+
+IC_RESOURCES = "spec.specification.computeResourceRequirements"
+IC_STARTUP = "spec.specification.startupParameters"
+MODES = ("SingleModel", "MultiModel")
 
 # (apiVersion, kind) -> {path: check}. Every listed path is required. `[]` walks a list.
 RULES: dict[tuple[str, str], dict[str, Check]] = {
@@ -155,7 +174,8 @@ RULES: dict[tuple[str, str], dict[str, Check]] = {
         "spec.models[].executionRoleArn": is_role,
         "spec.models[].containers[].containerHostname": _is_str,
         "spec.models[].containers[].image": is_image,
-        "spec.models[].containers[].modelDataUrl": _model_archive,
+        # An archive, or a prefix in MultiModel mode: see check_model_containers.
+        "spec.models[].containers[].modelDataUrl": is_s3,
         "spec.models[].containers[].environment": _name_value_list,
     },
     (OPERATOR, "BatchTransformJob"): {
@@ -194,22 +214,34 @@ RULES: dict[tuple[str, str], dict[str, Check]] = {
         "spec.executionRoleARN": is_role,
         "spec.primaryContainer.containerHostname": _is_str,
         "spec.primaryContainer.image": is_image,
-        "spec.primaryContainer.modelDataURL": _model_archive,
+        # An archive, or a prefix in MultiModel mode: see check_model_containers.
+        "spec.primaryContainer.modelDataURL": is_s3,
         "spec.primaryContainer.environment": _string_map,
     },
     (ACK, "EndpointConfig"): {
         "metadata.annotations.services\\.k8s\\.aws/region": is_region,
         "spec.endpointConfigName": is_sm_name,
         "spec.productionVariants[].variantName": is_sm_name,
-        "spec.productionVariants[].modelName": is_sm_name,
+        # No modelName here: a variant for inference components names none (see OPTIONAL).
         "spec.productionVariants[].initialInstanceCount": _positive_int,
         "spec.productionVariants[].instanceType": is_instance,
-        "spec.productionVariants[].initialVariantWeight": _number,
     },
     (ACK, "Endpoint"): {
         "metadata.annotations.services\\.k8s\\.aws/region": is_region,
         "spec.endpointName": is_sm_name,
         "spec.endpointConfigName": is_sm_name,
+    },
+    (ACK, "InferenceComponent"): {
+        "metadata.annotations.services\\.k8s\\.aws/region": is_region,
+        "spec.inferenceComponentName": is_ic_name,
+        "spec.endpointName": is_sm_name,
+        # Optional in the CRD and the API; required here, so that it names its variant.
+        "spec.variantName": is_sm_name,
+        "spec.specification.modelName": is_sm_name,
+        f"{IC_RESOURCES}.numberOfCPUCoresRequired": _positive_number,
+        f"{IC_RESOURCES}.minMemoryRequiredInMb": _positive_int,
+        # 0 is allowed (scale to zero).
+        "spec.runtimeConfig.copyCount": _non_negative_int,
     },
     (ACK, "TransformJob"): {
         "metadata.annotations.services\\.k8s\\.aws/region": is_region,
@@ -221,6 +253,36 @@ RULES: dict[tuple[str, str], dict[str, Check]] = {
         "spec.transformOutput.s3OutputPath": _s3_prefix,
         "spec.transformResources.instanceCount": _positive_int,
         "spec.transformResources.instanceType": is_instance,
+    },
+}
+
+
+# The same, for paths that are checked only where present.
+OPTIONAL: dict[tuple[str, str], dict[str, Check]] = {
+    (OPERATOR, "HostingDeployment"): {
+        "spec.models[].containers[].mode": _in(*MODES),
+    },
+    (ACK, "Model"): {
+        "spec.primaryContainer.mode": _in(*MODES),
+        "spec.primaryContainer.multiModelConfig.modelCacheSetting": _in("Enabled", "Disabled"),
+        "spec.containers[].mode": _in(*MODES),
+    },
+    (ACK, "EndpointConfig"): {
+        "spec.executionRoleARN": is_role,
+        "spec.productionVariants[].modelName": is_sm_name,
+        "spec.productionVariants[].initialVariantWeight": _number,
+        "spec.productionVariants[].managedInstanceScaling.status": _in("ENABLED", "DISABLED"),
+        "spec.productionVariants[].managedInstanceScaling.minInstanceCount": _non_negative_int,
+        "spec.productionVariants[].managedInstanceScaling.maxInstanceCount": _positive_int,
+        "spec.productionVariants[].routingConfig.routingStrategy": _in(
+            "LEAST_OUTSTANDING_REQUESTS", "RANDOM"
+        ),
+    },
+    (ACK, "InferenceComponent"): {
+        f"{IC_RESOURCES}.numberOfAcceleratorDevicesRequired": _positive_number,
+        f"{IC_RESOURCES}.maxMemoryRequiredInMb": _positive_int,
+        f"{IC_STARTUP}.containerStartupHealthCheckTimeoutInSeconds": _positive_int,
+        f"{IC_STARTUP}.modelDataDownloadTimeoutInSeconds": _positive_int,
     },
 }
 
@@ -267,6 +329,8 @@ def sagemaker_env_names(doc: dict[str, Any]) -> Iterator[str]:
     envs: list[Any] = [spec.get("environment")]
     envs += [c.get("environment") for m in spec.get("models", []) for c in m.get("containers", [])]
     envs.append(spec.get("primaryContainer", {}).get("environment"))
+    envs += [c.get("environment") for c in spec.get("containers", []) if isinstance(c, dict)]
+    envs.append(spec.get("specification", {}).get("container", {}).get("environment"))
     pod = spec.get("template", {}).get("spec", {})
     envs += [c.get("env") for c in pod.get("containers", []) + pod.get("initContainers", [])]
     for env in envs:
@@ -293,9 +357,100 @@ def check_document(doc: dict[str, Any]) -> list[str]:
             problem = check(value)
             if problem:
                 errors.append(f"{ident}: {where}: {problem}")
+    for path, check in OPTIONAL.get((doc.get("apiVersion", ""), doc.get("kind", "")), {}).items():
+        for where, value in walk(doc, path):
+            problem = None if value is MISSING else check(value)
+            if problem:
+                errors.append(f"{ident}: {where}: {problem}")
     for env in sagemaker_env_names(doc):
         if env.startswith("SAGEMAKER_") and env not in KNOWN_SAGEMAKER_ENV:
             errors.append(f"{ident}: unknown SageMaker environment variable {env!r}")
+    errors += check_model_containers(doc)
+    errors += _check_variants(doc)
+    return errors
+
+
+def model_containers(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str, Any]]:
+    """(where, container, its model data field, its environment as a map) for each container of
+    a HostingDeployment's models (old operator) or of an ACK Model."""
+    spec = doc.get("spec", {})
+    if (doc.get("apiVersion"), doc.get("kind")) == (OPERATOR, "HostingDeployment"):
+        for i, model in enumerate(spec.get("models", [])):
+            for j, c in enumerate(model.get("containers", [])):
+                env = c.get("environment")
+                if isinstance(env, list):
+                    env = {e.get("name"): e.get("value") for e in env if isinstance(e, dict)}
+                yield f"spec.models[{i}].containers[{j}]", c, "modelDataUrl", env or {}
+    elif (doc.get("apiVersion"), doc.get("kind")) == (ACK, "Model"):
+        found = [("spec.primaryContainer", spec.get("primaryContainer"))]
+        found += [(f"spec.containers[{j}]", c) for j, c in enumerate(spec.get("containers", []))]
+        for where, c in found:
+            if isinstance(c, dict):
+                env = c.get("environment")
+                yield where, c, "modelDataURL", env if isinstance(env, dict) else {}
+
+
+def is_multi_model(container: dict[str, Any]) -> bool:
+    return container.get("mode") == "MultiModel"
+
+
+def check_model_containers(doc: dict[str, Any]) -> list[str]:
+    """A single-model container gets a .tar.gz and no SAGEMAKER_MULTI_MODEL=true; a MultiModel
+    one an S3 prefix ending in '/' and SAGEMAKER_MULTI_MODEL=true (the server's mode switch)."""
+    errors: list[str] = []
+    ident = _ident(doc)
+    for where, c, url_key, env in model_containers(doc):
+        url = c.get(url_key)
+        flag = env.get("SAGEMAKER_MULTI_MODEL")
+        if is_multi_model(c):
+            problem = _s3_prefix(url)
+            if problem:
+                errors.append(f"{ident}: {where}.{url_key} (MultiModel): {problem}")
+            if flag != "true":
+                errors.append(
+                    f"{ident}: {where}: a MultiModel container needs SAGEMAKER_MULTI_MODEL=true, "
+                    f"not {flag!r}"
+                )
+            continue
+        problem = None if url is None else _model_archive(url)
+        if problem:
+            errors.append(f"{ident}: {where}.{url_key}: {problem}")
+        if flag is not None and flag != "false":
+            errors.append(
+                f"{ident}: {where}: SAGEMAKER_MULTI_MODEL={flag!r} in a single-model container "
+                "(set mode: MultiModel, or drop the variable)"
+            )
+        if "multiModelConfig" in c:
+            errors.append(f"{ident}: {where}: multiModelConfig needs mode: MultiModel")
+    return errors
+
+
+def _check_variants(doc: dict[str, Any]) -> list[str]:
+    """ACK EndpointConfig variants: each names a model, or none (inference components, which
+    need the config's executionRoleARN); managed instance scaling bounds in order."""
+    if (doc.get("apiVersion"), doc.get("kind")) != (ACK, "EndpointConfig"):
+        return []
+    errors: list[str] = []
+    spec = doc.get("spec", {})
+    for i, v in enumerate(spec.get("productionVariants", [])):
+        where = f"{_ident(doc)}: spec.productionVariants[{i}]"
+        if "modelName" not in v and not spec.get("executionRoleARN"):
+            errors.append(
+                f"{where} names no model (inference components), so the EndpointConfig needs "
+                "executionRoleARN"
+            )
+        scaling = v.get("managedInstanceScaling") or {}
+        bounds = (
+            scaling.get("minInstanceCount", 0),
+            v.get("initialInstanceCount"),
+            scaling.get("maxInstanceCount"),
+        )
+        low, initial, high = bounds
+        if all(isinstance(b, int) for b in bounds) and not low <= initial <= high:
+            errors.append(
+                f"{where}: need minInstanceCount {low} <= initialInstanceCount {initial} "
+                f"<= maxInstanceCount {high}"
+            )
     return errors
 
 
@@ -338,7 +493,8 @@ def check_sagemaker_references(docs: list[dict[str, Any]]) -> list[str]:
     }
     for cfg in _by_kind(docs, ACK, "EndpointConfig"):
         for v in cfg.get("spec", {}).get("productionVariants", []):
-            if v.get("modelName") not in models:
+            # A variant without a model hosts inference components (check_inference_components).
+            if "modelName" in v and v.get("modelName") not in models:
                 errors.append(
                     f"{_ident(cfg)}: variant {v.get('variantName')!r} names Model "
                     f"{v.get('modelName')!r}, not one of {sorted(map(str, models))}"
@@ -359,7 +515,10 @@ def check_sagemaker_references(docs: list[dict[str, Any]]) -> list[str]:
             if not c.get("containerHostname"):
                 errors.append(f"{_ident(m)}: every container needs a containerHostname")
 
-    # The model archive served is the one the training job writes.
+    errors += check_inference_components(docs)
+
+    # The model archive served is the one the training job writes (a multi-model endpoint's
+    # prefix holds the archives copied there, any number of them).
     outputs: set[str] = set()
     for api in (OPERATOR, ACK):
         for tj in _by_kind(docs, api, "TrainingJob"):
@@ -368,18 +527,106 @@ def check_sagemaker_references(docs: list[dict[str, Any]]) -> list[str]:
             outputs.add(f"{base.rstrip('/')}/{spec.get('trainingJobName')}/output/model.tar.gz")
     if outputs:
         urls = [
-            c.get("modelDataUrl")
-            for hd in _by_kind(docs, OPERATOR, "HostingDeployment")
-            for m in hd.get("spec", {}).get("models", [])
-            for c in m.get("containers", [])
-        ]
-        urls += [
-            m.get("spec", {}).get("primaryContainer", {}).get("modelDataURL")
-            for m in _by_kind(docs, ACK, "Model")
+            c.get(url_key)
+            for doc in docs
+            for _, c, url_key, _ in model_containers(doc)
+            if not is_multi_model(c)
         ]
         for url in urls:
             if url not in outputs:
                 errors.append(f"model data {url!r} is not a training job's output {outputs}")
+    return errors
+
+
+def check_inference_components(docs: list[dict[str, Any]]) -> list[str]:
+    """Each InferenceComponent lands on a rendered Endpoint, on a variant of its EndpointConfig
+    that names no model, and deploys a rendered single-model Model; and every model-less variant
+    of a rendered Endpoint gets an InferenceComponent."""
+    errors: list[str] = []
+    models = {m.get("spec", {}).get("modelName"): m for m in _by_kind(docs, ACK, "Model")}
+    configs = {
+        c.get("spec", {}).get("endpointConfigName"): c
+        for c in _by_kind(docs, ACK, "EndpointConfig")
+    }
+    endpoints = {e.get("spec", {}).get("endpointName"): e for e in _by_kind(docs, ACK, "Endpoint")}
+
+    def variants(endpoint_name: Any) -> dict[Any, dict[str, Any]]:
+        endpoint = endpoints.get(endpoint_name, {})
+        cfg = configs.get(endpoint.get("spec", {}).get("endpointConfigName"), {})
+        return {v.get("variantName"): v for v in cfg.get("spec", {}).get("productionVariants", [])}
+
+    placed: set[tuple[Any, Any]] = set()
+    for ic in _by_kind(docs, ACK, "InferenceComponent"):
+        ident = _ident(ic)
+        spec = ic.get("spec", {})
+        endpoint, variant = spec.get("endpointName"), spec.get("variantName")
+        placed.add((endpoint, variant))
+        on = variants(endpoint)
+        if endpoint not in endpoints:
+            errors.append(
+                f"{ident}: endpointName {endpoint!r} names no Endpoint in "
+                f"{sorted(map(str, endpoints))}"
+            )
+        elif variant not in on:
+            errors.append(
+                f"{ident}: variantName {variant!r} is no variant of Endpoint {endpoint!r} "
+                f"({sorted(map(str, on))})"
+            )
+        elif "modelName" in on[variant]:
+            errors.append(
+                f"{ident}: variant {variant!r} of Endpoint {endpoint!r} runs Model "
+                f"{on[variant]['modelName']!r}; inference components need a variant without one"
+            )
+        model_name = spec.get("specification", {}).get("modelName")
+        if model_name is None:
+            continue
+        if model_name not in models:
+            errors.append(
+                f"{ident}: specification.modelName {model_name!r} names no Model in "
+                f"{sorted(map(str, models))}"
+            )
+        elif any(is_multi_model(c) for _, c, _, _ in model_containers(models[model_name])):
+            errors.append(f"{ident}: Model {model_name!r} is a MultiModel one")
+    for name in endpoints:
+        for variant, v in variants(name).items():
+            if "modelName" not in v and (name, variant) not in placed:
+                errors.append(
+                    f"Endpoint/{name}: variant {variant!r} names no model and no "
+                    "InferenceComponent is placed on it, so it would serve nothing"
+                )
+    return errors
+
+
+# The SageMaker name of each kind (unique per account and region).
+SAGEMAKER_NAME_FIELD = {
+    "Model": "modelName",
+    "EndpointConfig": "endpointConfigName",
+    "Endpoint": "endpointName",
+    "InferenceComponent": "inferenceComponentName",
+    "HostingDeployment": "endpointName",
+    "TrainingJob": "trainingJobName",
+    "TransformJob": "transformJobName",
+    "BatchTransformJob": "transformJobName",
+}
+
+
+def check_unique_names(docs: list[dict[str, Any]]) -> list[str]:
+    """No two rendered objects share a Kubernetes identity, or a SageMaker name within a kind
+    (the second apply would overwrite the first)."""
+    errors: list[str] = []
+    seen: set[tuple[Any, ...]] = set()
+    for d in docs:
+        meta = d.get("metadata", {})
+        keys = [
+            ("object", d.get("apiVersion"), d.get("kind"), meta.get("namespace"), meta.get("name"))
+        ]
+        field = SAGEMAKER_NAME_FIELD.get(str(d.get("kind")))
+        if field and d.get("spec", {}).get(field):
+            keys.append(("SageMaker", d.get("kind"), d["spec"][field]))
+        for key in keys:
+            if key in seen:
+                errors.append(f"{_ident(d)}: {key[0]} name {key[-1]!r} is used twice")
+            seen.add(key)
     return errors
 
 
@@ -509,6 +756,7 @@ def check_all(docs: list[dict[str, Any]]) -> list[str]:
     """Every check that applies to a set of rendered manifests of one flavor."""
     errors = [e for d in docs for e in check_document(d)]
     errors += check_namespaces(docs)
+    errors += check_unique_names(docs)
     errors += check_sagemaker_references(docs)
     if any(d.get("kind") == "Deployment" for d in docs):
         errors += check_plain_references(docs)

@@ -249,3 +249,33 @@ def _run_rules(ins: Instruction, stage_env: str) -> list[str]:
     if re.search(r"\b(curl|wget)\b.*\|\s*(ba)?sh\b", run):
         errors.append(f"{where}: do not pipe downloads into a shell")
     return errors
+
+
+# What the serving images tell SageMaker they can do (docs: sagemaker-contract §1.2, §1.7):
+# listen on SAGEMAKER_BIND_TO_PORT, and serve a multi-model endpoint (POST /models, ...).
+SERVING_LABELS = {
+    "com.amazonaws.sagemaker.capabilities.accept-bind-to-port": "true",
+    "com.amazonaws.sagemaker.capabilities.multi-models": "true",
+}
+
+
+def labels(stage: Stage) -> dict[str, str]:
+    """The stage's LABEL key=value pairs, quotes removed (a later LABEL wins)."""
+    found: dict[str, str] = {}
+    for ins in stage.instructions:
+        if ins.cmd == "LABEL":
+            for word in shlex.split(ins.args):
+                key, sep, value = word.partition("=")
+                if sep:
+                    found[key] = value
+    return found
+
+
+def serving_label_errors(text: str) -> list[str]:
+    """The SageMaker capability labels the image that ships (the final stage) must carry."""
+    found = labels(parse(text).final)
+    return [
+        f"the final stage lacks LABEL {key}={value} (has {found.get(key)!r})"
+        for key, value in SERVING_LABELS.items()
+        if found.get(key) != value
+    ]

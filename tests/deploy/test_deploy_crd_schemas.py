@@ -34,9 +34,10 @@ def errors_for(doc: dict[str, Any], schemas: SchemaIndex) -> list[str]:
 
 
 def sagemaker_docs(flavor: str) -> list[dict[str, Any]]:
+    """Every SageMaker CR of a flavor, the multi-model and inference-component ones too."""
     return [
         doc
-        for item in render_manifests.render(flavor)
+        for item in render_manifests.render(flavor, render_manifests.COMPONENTS)
         for doc in item.documents
         if doc["apiVersion"].startswith(SAGEMAKER_GROUPS)
     ]
@@ -65,11 +66,46 @@ def test_all_expected_kinds_are_covered(schemas: SchemaIndex) -> None:
         ("sagemaker.services.k8s.aws/v1alpha1", "EndpointConfig"),
         ("sagemaker.services.k8s.aws/v1alpha1", "Endpoint"),
         ("sagemaker.services.k8s.aws/v1alpha1", "TransformJob"),
+        ("sagemaker.services.k8s.aws/v1alpha1", "InferenceComponent"),
     }
+
+
+def test_other_endpoints_use_the_crd_fields() -> None:
+    """The fields the multi-model and inference-component manifests rely on are the ones the
+    published schemas define (and validate, above)."""
+    values = render_manifests.load_values()
+    hd = _named("operator", "HostingDeployment", "mme_endpoint_name")
+    container = hd["spec"]["models"][0]["containers"][0]
+    assert container["mode"] == "MultiModel"
+    assert container["modelDataUrl"] == values["mme_model_data_prefix"]
+    model = _named("ack", "Model", "mme_model_name")["spec"]["primaryContainer"]
+    assert (model["mode"], model["modelDataURL"]) == ("MultiModel", values["mme_model_data_prefix"])
+    assert model["multiModelConfig"] == {"modelCacheSetting": "Enabled"}
+    variant = _named("ack", "EndpointConfig", "ic_endpoint_config_name")["spec"][
+        "productionVariants"
+    ][0]
+    assert "modelName" not in variant
+    assert variant["managedInstanceScaling"]["status"] == "ENABLED"
+    assert variant["routingConfig"] == {"routingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    ic = _named("ack", "InferenceComponent", "ic_inference_component_name")["spec"]
+    assert set(ic["specification"]["computeResourceRequirements"]) == {
+        "numberOfCPUCoresRequired",
+        "minMemoryRequiredInMb",
+        "numberOfAcceleratorDevicesRequired",
+    }
+    assert ic["runtimeConfig"] == {"copyCount": int(values["ic_copy_count"])}
 
 
 def _doc(flavor: str, kind: str) -> dict[str, Any]:
     return copy.deepcopy(next(d for d in sagemaker_docs(flavor) if d["kind"] == kind))
+
+
+def _named(flavor: str, kind: str, name_key: str) -> dict[str, Any]:
+    """A copy of the document of that kind whose name is the value name_key."""
+    name = render_manifests.load_values()[name_key]
+    docs = [d for d in sagemaker_docs(flavor) if (d["kind"], d["metadata"]["name"]) == (kind, name)]
+    assert len(docs) == 1, (kind, name)
+    return copy.deepcopy(docs[0])
 
 
 def _rename(container: dict[str, Any], old: str, new: str) -> None:
@@ -156,5 +192,109 @@ def test_schema_rejects_broken_manifest(
     flavor: str, kind: str, what: str, mutate: Mutation, schemas: SchemaIndex
 ) -> None:
     doc = _doc(flavor, kind)
+    mutate(doc)
+    assert errors_for(doc, schemas), f"{flavor} {kind} with {what} was accepted"
+
+
+def _ic_resources(d: dict[str, Any]) -> dict[str, Any]:
+    return d["spec"]["specification"]["computeResourceRequirements"]
+
+
+def _ic_variant(d: dict[str, Any]) -> dict[str, Any]:
+    return d["spec"]["productionVariants"][0]
+
+
+# Mistakes in the multi-model and inference-component manifests, most of them the SageMaker
+# API's spelling or fields that this CRD version does not have.
+NEGATIVE_OTHER: list[tuple[str, str, str, str, Mutation]] = [
+    (
+        "operator",
+        "HostingDeployment",
+        "mme_endpoint_name",
+        "mode not in the enum",
+        lambda d: d["spec"]["models"][0]["containers"][0].update(mode="MultiModels"),
+    ),
+    (
+        "operator",
+        "HostingDeployment",
+        "mme_endpoint_name",
+        "multiModelConfig (ACK only)",
+        lambda d: d["spec"]["models"][0]["containers"][0].update(
+            multiModelConfig={"modelCacheSetting": "Enabled"}
+        ),
+    ),
+    (
+        "ack",
+        "Model",
+        "mme_model_name",
+        "multiModelConfig with the API's capital M",
+        lambda d: d["spec"]["primaryContainer"].update(
+            multiModelConfig={"ModelCacheSetting": "Enabled"}
+        ),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "ic_endpoint_config_name",
+        "managedInstanceScaling.scaleInPolicy (API, not in this CRD)",
+        lambda d: _ic_variant(d)["managedInstanceScaling"].update(
+            scaleInPolicy={"strategy": "IDLE_RELEASE"}
+        ),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "ic_endpoint_config_name",
+        "executionRoleArn (API spelling)",
+        lambda d: _rename(d["spec"], "executionRoleARN", "executionRoleArn"),
+    ),
+    (
+        "ack",
+        "InferenceComponent",
+        "ic_inference_component_name",
+        "numberOfCpuCoresRequired (API spelling)",
+        lambda d: _rename(_ic_resources(d), "numberOfCPUCoresRequired", "numberOfCpuCoresRequired"),
+    ),
+    (
+        "ack",
+        "InferenceComponent",
+        "ic_inference_component_name",
+        "memory as a string",
+        lambda d: _ic_resources(d).update(minMemoryRequiredInMb="8192"),
+    ),
+    (
+        "ack",
+        "InferenceComponent",
+        "ic_inference_component_name",
+        "copyCount in the specification",
+        lambda d: d["spec"]["specification"].update(copyCount=1),
+    ),
+    (
+        "ack",
+        "InferenceComponent",
+        "ic_inference_component_name",
+        "desiredCopyCount (Describe's field)",
+        lambda d: d["spec"]["runtimeConfig"].update(desiredCopyCount=1),
+    ),
+    (
+        "ack",
+        "InferenceComponent",
+        "ic_inference_component_name",
+        "no endpointName",
+        lambda d: d["spec"].pop("endpointName"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("flavor", "kind", "name_key", "what", "mutate"),
+    NEGATIVE_OTHER,
+    ids=[f"{n[0]}-{n[1]}-{n[3]}" for n in NEGATIVE_OTHER],
+)
+def test_schema_rejects_broken_other_endpoint(
+    flavor: str, kind: str, name_key: str, what: str, mutate: Mutation, schemas: SchemaIndex
+) -> None:
+    doc = _named(flavor, kind, name_key)
+    assert errors_for(doc, schemas) == []
     mutate(doc)
     assert errors_for(doc, schemas), f"{flavor} {kind} with {what} was accepted"

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from deploy_support import REPO_ROOT, require_tool
-from dockerfile_rules import DockerIgnore, exec_form, lint, parse
+from dockerfile_rules import (
+    SERVING_LABELS,
+    DockerIgnore,
+    exec_form,
+    labels,
+    lint,
+    parse,
+    serving_label_errors,
+)
 
 DOCKER = REPO_ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
@@ -50,9 +58,10 @@ def test_serving_image_contract(flavor: str) -> None:
     assert exec_form(by_cmd["ENTRYPOINT"]) == ["maskserve"]
     assert exec_form(by_cmd["CMD"]) == ["serve"]
     assert "8080" in by_cmd["EXPOSE"].split()
-    labels = " ".join(i.args for i in final if i.cmd == "LABEL")
-    assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
-    assert "multi-models" not in labels  # only if the server implements the MME API
+    found = labels(df.final)
+    assert found["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    # The server implements the multi-model API (POST /models, ...) under SAGEMAKER_MULTI_MODEL.
+    assert found["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
     env = " ".join(i.args for i in final if i.cmd == "ENV")
     match = re.search(r"ORT_DYLIB_PATH=(\S+)", env)
     assert match, "ORT_DYLIB_PATH not set"
@@ -73,6 +82,38 @@ def test_serving_image_contract(flavor: str) -> None:
         assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-cudnn-runtime-ubuntu24\.04", df.final.image)
     else:
         assert re.fullmatch(r"debian:\d+\.\d+-slim", df.final.image)
+
+
+@pytest.mark.parametrize("flavor", ["gpu", "cpu"])
+def test_serving_images_carry_the_sagemaker_capability_labels(flavor: str) -> None:
+    text = (DOCKER / f"Dockerfile.{flavor}").read_text(encoding="utf-8")
+    assert serving_label_errors(text) == []
+
+
+def test_capability_label_rule_rejects() -> None:
+    bind_only = (
+        "FROM debian:12.13-slim AS a\nFROM a\n"
+        'LABEL org.opencontainers.image.title="x" \\\n'
+        "      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true\n"
+    )
+    errors = serving_label_errors(bind_only)
+    assert len(errors) == 1 and "multi-models=true" in errors[0], errors
+    # A label on a build stage does not reach the image that ships.
+    in_build_stage = (
+        "FROM debian:12.13-slim AS a\n"
+        "LABEL com.amazonaws.sagemaker.capabilities.multi-models=true "
+        "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true\nFROM a\n"
+    )
+    assert len(serving_label_errors(in_build_stage)) == len(SERVING_LABELS)
+    false = (
+        "FROM debian:12.13-slim\nLABEL com.amazonaws.sagemaker.capabilities.multi-models=false\n"
+    )
+    assert any("multi-models=true (has 'false')" in e for e in serving_label_errors(false))
+
+
+def test_training_image_claims_no_serving_capability() -> None:
+    df = parse((DOCKER / "Dockerfile.train").read_text(encoding="utf-8"))
+    assert not [k for k in labels(df.final) if k.startswith("com.amazonaws.sagemaker.")]
 
 
 def test_training_image_contract() -> None:

@@ -93,5 +93,13 @@ def test_guide_covers_the_whole_path() -> None:
         "svc.cluster.local/invocations",
         "scripts/deploy.sh --delete ack",
         "aws s3 rb",
+        "## Many models on one endpoint",
+        "scripts/deploy.sh --wait ack mme",
+        "scripts/deploy.sh --wait operator mme",
+        "scripts/deploy.sh --wait ack ic",
+        "--target-model coco.tar.gz",
+        "--inference-component-name",
+        "scripts/deploy.sh --delete ack mme ic",
+        "sagemaker:inference-component:DesiredCopyCount",
     ):
         assert needle in guide, needle

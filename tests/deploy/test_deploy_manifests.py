@@ -41,6 +41,74 @@ def test_ack_chain_references() -> None:
     assert {c["channelName"] for c in training["inputDataConfig"]} == {"train", "val"}
 
 
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    env = container["environment"]
+    return env if isinstance(env, dict) else {e["name"]: e["value"] for e in env}
+
+
+def test_multi_model_endpoints() -> None:
+    """MultiModel container, an S3 prefix, SAGEMAKER_MULTI_MODEL=true and otherwise the same
+    maskserve settings as the single-model endpoint, with the operator and with ACK."""
+    values = rm.load_values()
+    prefix = values["mme_model_data_prefix"]
+    assert prefix.startswith("s3://") and prefix.endswith("/")
+    operator = {
+        d["metadata"]["name"]: d
+        for i in rm.render("operator", ["serve", "mme"])
+        for d in i.documents
+    }
+    single = operator[values["endpoint_name"]]["spec"]["models"][0]["containers"][0]
+    multi_hd = operator[values["mme_endpoint_name"]]["spec"]
+    multi = multi_hd["models"][0]["containers"][0]
+    assert (multi["mode"], multi["modelDataUrl"]) == ("MultiModel", prefix)
+    assert _env(multi) == {**_env(single), "SAGEMAKER_MULTI_MODEL": "true"}
+    assert multi_hd["productionVariants"][0]["modelName"] == multi_hd["models"][0]["name"]
+    ack = {
+        (d["kind"], d["metadata"]["name"]): d
+        for i in rm.render("ack", ["serve", "mme"])
+        for d in i.documents
+    }
+    single = ack[("Model", values["model_name"])]["spec"]["primaryContainer"]
+    multi = ack[("Model", values["mme_model_name"])]["spec"]["primaryContainer"]
+    assert (multi["mode"], multi["modelDataURL"]) == ("MultiModel", prefix)
+    assert _env(multi) == {**_env(single), "SAGEMAKER_MULTI_MODEL": "true"}
+    assert "mode" not in single and "SAGEMAKER_MULTI_MODEL" not in _env(single)
+    endpoint = ack[("Endpoint", values["mme_endpoint_name"])]["spec"]
+    cfg = ack[("EndpointConfig", endpoint["endpointConfigName"])]["spec"]
+    assert cfg["productionVariants"][0]["modelName"] == values["mme_model_name"]
+    # Custom multi-model containers run on CPU instances only (GPU ones need Triton).
+    assert values["mme_image"] == values["serving_image_cpu"]
+    assert not values["mme_instance_type"].startswith(("ml.g", "ml.p", "ml.inf", "ml.trn"))
+
+
+def test_inference_component_chain() -> None:
+    values = rm.load_values()
+    docs = {d["kind"]: d for i in rm.render("ack", ["ic"]) for d in i.documents}
+    ic = docs["InferenceComponent"]["spec"]
+    assert ic["endpointName"] == docs["Endpoint"]["spec"]["endpointName"]
+    cfg = docs["EndpointConfig"]["spec"]
+    assert docs["Endpoint"]["spec"]["endpointConfigName"] == cfg["endpointConfigName"]
+    variant = cfg["productionVariants"][0]
+    assert ic["variantName"] == variant["variantName"]
+    assert "modelName" not in variant and cfg["executionRoleARN"] == values["sagemaker_role_arn"]
+    assert ic["specification"]["modelName"] == docs["Model"]["spec"]["modelName"]
+    # The single-model container and the trained archive, under a Model of its own.
+    container = docs["Model"]["spec"]["primaryContainer"]
+    assert "mode" not in container and container["modelDataURL"] == values["model_data_url"]
+    assert docs["Model"]["spec"]["modelName"] != values["model_name"]
+    scaling = variant["managedInstanceScaling"]
+    assert (
+        scaling["minInstanceCount"]
+        <= variant["initialInstanceCount"]
+        <= scaling["maxInstanceCount"]
+    )
+    assert ic["runtimeConfig"]["copyCount"] >= 0
+    # Scale to zero is two values away, and both pass the project's checks.
+    zero = rm.load_values(overrides=["ic_min_instance_count=0", "ic_copy_count=0"])
+    zero_docs = [d for i in rm.render("ack", ["ic"], zero) for d in i.documents]
+    assert dc.check_all(zero_docs) == []
+
+
 def test_plain_probes_and_service() -> None:
     docs = {d["kind"]: d for i in rm.render("plain") for d in i.documents}
     pod = docs["Deployment"]["spec"]["template"]["spec"]
@@ -170,9 +238,201 @@ def test_project_checks_reject(flavor: str, what: str, mutate: Mutation) -> None
     assert dc.check_all(docs), f"{flavor}: {what} was accepted"
 
 
+# The multi-model and inference-component manifests, rendered with everything else of the
+# flavor: each mutation gets the documents keyed by (kind, name value), e.g.
+# ("InferenceComponent", "ic_inference_component_name"), and the whole list (to drop one).
+Docs = dict[tuple[str, str], dict[str, Any]]
+OtherMutation = Callable[[Docs, list[dict[str, Any]]], None]
+
+
+def _mme_hd_container(d: Docs) -> dict[str, Any]:
+    return d["HostingDeployment", "mme_endpoint_name"]["spec"]["models"][0]["containers"][0]
+
+
+def _mme_model(d: Docs) -> dict[str, Any]:
+    return d["Model", "mme_model_name"]["spec"]["primaryContainer"]
+
+
+def _ic(d: Docs) -> dict[str, Any]:
+    return d["InferenceComponent", "ic_inference_component_name"]["spec"]
+
+
+def _ic_variant(d: Docs) -> dict[str, Any]:
+    return d["EndpointConfig", "ic_endpoint_config_name"]["spec"]["productionVariants"][0]
+
+
+def _drop_env(container: dict[str, Any], name: str) -> None:
+    env = container["environment"]
+    if isinstance(env, dict):
+        env.pop(name)
+    else:
+        env[:] = [e for e in env if e["name"] != name]
+
+
+def _drop_ic(d: Docs, docs: list[dict[str, Any]]) -> None:
+    docs.remove(d["InferenceComponent", "ic_inference_component_name"])
+
+
+NEGATIVE_OTHER: list[tuple[str, str, str, OtherMutation]] = [
+    (
+        "operator",
+        "MME prefix without the trailing '/'",
+        "prefix ending in '/'",
+        lambda d, _: _mme_hd_container(d).update(
+            modelDataUrl=_mme_hd_container(d)["modelDataUrl"].rstrip("/")
+        ),
+    ),
+    (
+        "operator",
+        "MME given a model archive",
+        "prefix ending in '/'",
+        lambda d, _: _mme_hd_container(d).update(modelDataUrl="s3://a-bucket/models/m.tar.gz"),
+    ),
+    (
+        "operator",
+        "MME without SAGEMAKER_MULTI_MODEL",
+        "needs SAGEMAKER_MULTI_MODEL=true",
+        lambda d, _: _drop_env(_mme_hd_container(d), "SAGEMAKER_MULTI_MODEL"),
+    ),
+    (
+        "operator",
+        "prefix without mode MultiModel",
+        ".tar.gz archive",
+        lambda d, _: _mme_hd_container(d).pop("mode"),
+    ),
+    (
+        "ack",
+        "MME Model given a model archive",
+        "prefix ending in '/'",
+        lambda d, _: _mme_model(d).update(modelDataURL="s3://a-bucket/models/m.tar.gz"),
+    ),
+    (
+        "ack",
+        "MME Model with SAGEMAKER_MULTI_MODEL=false",
+        "needs SAGEMAKER_MULTI_MODEL=true",
+        lambda d, _: _mme_model(d)["environment"].update(SAGEMAKER_MULTI_MODEL="false"),
+    ),
+    (
+        "ack",
+        "mode misspelled",
+        "not in ('SingleModel', 'MultiModel')",
+        lambda d, _: _mme_model(d).update(mode="Multimodel"),
+    ),
+    (
+        "ack",
+        "single-model Model with SAGEMAKER_MULTI_MODEL=true",
+        "in a single-model container",
+        lambda d, _: d["Model", "model_name"]["spec"]["primaryContainer"]["environment"].update(
+            SAGEMAKER_MULTI_MODEL="true"
+        ),
+    ),
+    (
+        "ack",
+        "multiModelConfig on a single-model Model",
+        "multiModelConfig needs mode: MultiModel",
+        lambda d, _: d["Model", "ic_model_name"]["spec"]["primaryContainer"].update(
+            multiModelConfig={"modelCacheSetting": "Enabled"}
+        ),
+    ),
+    (
+        "ack",
+        "InferenceComponent on a missing endpoint",
+        "names no Endpoint",
+        lambda d, _: _ic(d).update(endpointName="no-such-endpoint"),
+    ),
+    (
+        "ack",
+        "InferenceComponent on a missing variant",
+        "is no variant of Endpoint",
+        lambda d, _: _ic(d).update(variantName="NoSuchVariant"),
+    ),
+    (
+        "ack",
+        "InferenceComponent deploys a missing Model",
+        "names no Model",
+        lambda d, _: _ic(d)["specification"].update(modelName="no-such-model"),
+    ),
+    (
+        "ack",
+        "InferenceComponent on the single-model endpoint",
+        "need a variant without one",
+        lambda d, _: _ic(d).update(
+            endpointName=d["Endpoint", "endpoint_name"]["spec"]["endpointName"]
+        ),
+    ),
+    (
+        "ack",
+        "InferenceComponent deploys the multi-model Model",
+        "is a MultiModel one",
+        lambda d, _: _ic(d)["specification"].update(
+            modelName=d["Model", "mme_model_name"]["spec"]["modelName"]
+        ),
+    ),
+    (
+        "ack",
+        "InferenceComponent without variantName",
+        "spec.variantName is required",
+        lambda d, _: _ic(d).pop("variantName"),
+    ),
+    (
+        "ack",
+        "negative copy count",
+        "must be an integer >= 0",
+        lambda d, _: _ic(d)["runtimeConfig"].update(copyCount=-1),
+    ),
+    ("ack", "inference-component variant with nothing on it", "would serve nothing", _drop_ic),
+    (
+        "ack",
+        "model-less variant without executionRoleARN",
+        "needs executionRoleARN",
+        lambda d, _: d["EndpointConfig", "ic_endpoint_config_name"]["spec"].pop("executionRoleARN"),
+    ),
+    (
+        "ack",
+        "minInstanceCount above maxInstanceCount",
+        "<= maxInstanceCount",
+        lambda d, _: _ic_variant(d)["managedInstanceScaling"].update(minInstanceCount=3),
+    ),
+    (
+        "ack",
+        "unknown routing strategy",
+        "LEAST_OUTSTANDING_REQUESTS",
+        lambda d, _: _ic_variant(d)["routingConfig"].update(routingStrategy="ROUND_ROBIN"),
+    ),
+    (
+        "ack",
+        "two Endpoints with one SageMaker name",
+        "is used twice",
+        lambda d, _: d["Endpoint", "ic_endpoint_name"]["spec"].update(
+            endpointName=d["Endpoint", "endpoint_name"]["spec"]["endpointName"]
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("flavor", "what", "expected", "mutate"), NEGATIVE_OTHER, ids=[n[1] for n in NEGATIVE_OTHER]
+)
+def test_project_checks_reject_other_endpoints(
+    flavor: str, what: str, expected: str, mutate: OtherMutation
+) -> None:
+    names = {k: v for k, v in rm.load_values().items() if k.endswith("_name")}
+    docs = [copy.deepcopy(d) for i in rm.render(flavor, rm.COMPONENTS) for d in i.documents]
+    named: Docs = {
+        (doc["kind"], key): doc
+        for doc in docs
+        for key, name in names.items()
+        if doc["metadata"]["name"] == name
+    }
+    assert dc.check_all(docs) == []
+    mutate(named, docs)
+    errors = dc.check_all(docs)
+    assert any(expected in e for e in errors), f"{flavor}: {what}: {errors}"
+
+
 def test_required_fields_are_checked_without_crds() -> None:
     for flavor in ("operator", "ack"):
-        for doc in (d for i in rm.render(flavor) for d in i.documents):
+        for doc in (d for i in rm.render(flavor, rm.COMPONENTS) for d in i.documents):
             rules = dc.RULES.get((doc["apiVersion"], doc["kind"]))
             if doc["kind"] == "Namespace":
                 continue

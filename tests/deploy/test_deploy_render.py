@@ -23,6 +23,23 @@ EXPECTED_KINDS = {
 }
 
 
+# The other endpoints, rendered only when named: (kind, name value) in apply order.
+OTHER_ENDPOINTS = {
+    ("operator", "mme"): [("HostingDeployment", "mme_endpoint_name")],
+    ("ack", "mme"): [
+        ("Model", "mme_model_name"),
+        ("EndpointConfig", "mme_endpoint_config_name"),
+        ("Endpoint", "mme_endpoint_name"),
+    ],
+    ("ack", "ic"): [
+        ("Model", "ic_model_name"),
+        ("EndpointConfig", "ic_endpoint_config_name"),
+        ("Endpoint", "ic_endpoint_name"),
+        ("InferenceComponent", "ic_inference_component_name"),
+    ],
+}
+
+
 def test_flavor_renders_and_parses(flavor: str) -> None:
     rendered = rm.render(flavor)
     kinds = [doc["kind"] for item in rendered for doc in item.documents]
@@ -30,6 +47,46 @@ def test_flavor_renders_and_parses(flavor: str) -> None:
     for item in rendered:
         assert "${" not in item.text, item.name
         assert list(yaml.safe_load_all(item.text)) == item.documents
+
+
+def test_every_component_renders_and_parses(flavor: str) -> None:
+    values = rm.load_values()
+    rendered = rm.render(flavor, rm.COMPONENTS)
+    docs = [(d["kind"], d["metadata"]["name"]) for item in rendered for d in item.documents]
+    # The default rendering first (file names sort in apply order), then the other endpoints.
+    expected = [(d["kind"], d["metadata"]["name"]) for i in rm.render(flavor) for d in i.documents]
+    for component in ("mme", "ic"):
+        expected += [
+            (kind, values[key]) for kind, key in OTHER_ENDPOINTS.get((flavor, component), [])
+        ]
+    assert docs == expected
+    for item in rendered:
+        assert "${" not in item.text, item.name
+        assert list(yaml.safe_load_all(item.text)) == item.documents
+
+
+def test_templates_declare_known_components() -> None:
+    declared: dict[str, set[str]] = {}
+    for path in sorted(rm.TEMPLATES_DIR.rglob("*.yaml")):
+        components = rm.template_components(path.read_text(encoding="utf-8"))
+        assert components, f"{path.name}: no '# component:' header"
+        assert components <= {*rm.COMPONENTS, rm.COMMON_COMPONENT}, path.name
+        declared.setdefault(path.parent.name, set()).update(components)
+    assert declared["ack"] == set(rm.COMPONENTS)
+    assert declared["operator"] == {"train", "serve", "batch", "mme"}  # no inference components
+    assert declared["plain"] == {"serve"}
+    assert set(rm.DEFAULT_COMPONENTS) < set(rm.COMPONENTS)
+
+
+def test_other_endpoints_have_their_own_names() -> None:
+    """The multi-model and inference-component objects never overwrite the single-model ones."""
+    values = rm.load_values()
+    for group in (
+        ("model_name", "mme_model_name", "ic_model_name"),
+        ("endpoint_config_name", "mme_endpoint_config_name", "ic_endpoint_config_name"),
+        ("endpoint_name", "mme_endpoint_name", "ic_endpoint_name"),
+    ):
+        assert len({values[key] for key in group}) == len(group), group
 
 
 @pytest.mark.parametrize(
@@ -40,6 +97,11 @@ def test_flavor_renders_and_parses(flavor: str) -> None:
         ("ack", ["serve"], ["Namespace", "Model", "EndpointConfig", "Endpoint"]),
         ("ack", ["batch"], ["Namespace", "Model", "TransformJob"]),
         ("plain", ["train"], ["Namespace"]),
+        ("operator", ["mme"], ["Namespace", "HostingDeployment"]),
+        ("operator", ["ic"], ["Namespace"]),
+        ("ack", ["mme"], ["Namespace", "Model", "EndpointConfig", "Endpoint"]),
+        ("ack", ["ic"], ["Namespace", "Model", "EndpointConfig", "Endpoint", "InferenceComponent"]),
+        ("plain", ["mme", "ic"], ["Namespace"]),
     ],
 )
 def test_component_selection(flavor: str, components: list[str], kinds: list[str]) -> None:
@@ -50,10 +112,10 @@ def test_one_edit_changes_region_everywhere() -> None:
     default = rm.load_values()
     values = rm.load_values(overrides=["region=eu-central-1"])
     for flavor in rm.FLAVORS:
-        text = "".join(item.text for item in rm.render(flavor, values=values))
+        text = "".join(item.text for item in rm.render(flavor, rm.COMPONENTS, values))
         assert default["region"] not in text, flavor
         assert "eu-central-1" in text
-    operator = [d for i in rm.render("operator", values=values) for d in i.documents]
+    operator = [d for i in rm.render("operator", rm.COMPONENTS, values) for d in i.documents]
     assert {d["spec"]["region"] for d in operator if "region" in d.get("spec", {})} == {
         "eu-central-1"
     }
@@ -75,8 +137,8 @@ def test_one_edit_reaches_every_use(key: str, value: str) -> None:
     default = rm.load_values()
     values = rm.load_values(overrides=[f"{key}={value}"])
     for flavor in rm.FLAVORS:
-        before = "".join(i.text for i in rm.render(flavor, values=default))
-        after = "".join(i.text for i in rm.render(flavor, values=values))
+        before = "".join(i.text for i in rm.render(flavor, rm.COMPONENTS, default))
+        after = "".join(i.text for i in rm.render(flavor, rm.COMPONENTS, values))
         if default[key] in before:
             assert default[key] not in after, f"{flavor}: {key} still hard-coded somewhere"
 
@@ -151,3 +213,34 @@ def test_cli_out_and_get(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["kind"] for d in docs] == EXPECTED_KINDS["plain"]
     assert rm.main(["--flavor", "plain", "--set", "nope=1"]) == 1
+
+
+def test_cli_other_endpoints_only_when_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["--flavor", "ack", "--component", "mme", "--component", "ic", "--out", str(out)]
+    assert rm.main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "60-mme-model.yaml",
+        "61-mme-endpointconfig.yaml",
+        "62-mme-endpoint.yaml",
+        "70-ic-model.yaml",
+        "71-ic-endpointconfig.yaml",
+        "72-ic-endpoint.yaml",
+        "73-inferencecomponent.yaml",
+        "common-00-namespace.yaml",
+    ]
+    capsys.readouterr()
+    assert rm.main(["--flavor", "ack"]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == EXPECTED_KINDS["ack"]  # all = train serve batch
+    assert rm.main(["--flavor", "ack", "--component", "all", "--component", "ic"]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == [
+        *EXPECTED_KINDS["ack"],
+        "Model",
+        "EndpointConfig",
+        "Endpoint",
+        "InferenceComponent",
+    ]

@@ -256,6 +256,67 @@ def test_deploy_operator_serve_wait_and_context(fake_tools: Tools) -> None:
     assert not log.exists()
 
 
+def test_deploy_ack_inference_components_dry_run(fake_tools: Tools, tmp_path: Path) -> None:
+    env, log = fake_tools
+    out = tmp_path / "rendered"
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--out", str(out), "ack", "ic"], env)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert [Path(p).name for p in _applied(cmds)] == [
+        "common-00-namespace.yaml",
+        "70-ic-model.yaml",
+        "71-ic-endpointconfig.yaml",
+        "72-ic-endpoint.yaml",
+        "73-inferencecomponent.yaml",
+    ]
+    crds = next(c for c in cmds if c.startswith("kubectl get crd "))
+    assert "inferencecomponents.sagemaker.services.k8s.aws" in crds.split()
+    # The InferenceComponent goes on only once its endpoint is InService, even without --wait.
+    wait = cmds.index(
+        "kubectl -n maskserve wait endpoint.sagemaker.services.k8s.aws/maskserve-ic "
+        "--for=jsonpath=\\{.status.endpointStatus\\}=InService --timeout 60m"
+    )
+    assert cmds.index(f"kubectl apply -f {out}/ic/72-ic-endpoint.yaml") < wait
+    assert wait < cmds.index(f"kubectl apply -f {out}/ic/73-inferencecomponent.yaml")
+    assert not log.exists()
+
+
+def test_deploy_other_endpoints_wait(fake_tools: Tools) -> None:
+    env, log = fake_tools
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--wait", "ack", "mme", "ic"], env)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    waits = [c.split()[4] for c in cmds if " wait " in c]
+    assert waits == [
+        "endpoint.sagemaker.services.k8s.aws/maskserve-maskrcnn-mme",
+        "endpoint.sagemaker.services.k8s.aws/maskserve-ic",
+        "inferencecomponent.sagemaker.services.k8s.aws/maskserve-maskrcnn-v1-ic",
+    ]
+    assert "inferenceComponentStatus" in cmds[-1] and "InService" in cmds[-1]
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--wait", "operator", "mme"], env)
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    assert [Path(p).name for p in _applied(cmds)] == [
+        "common-00-namespace.yaml",
+        "40-mme-hostingdeployment.yaml",
+    ]
+    assert cmds[-1].startswith(
+        "kubectl -n maskserve wait "
+        "hostingdeployment.sagemaker.aws.amazon.com/maskserve-maskrcnn-mme "
+    )
+    assert not log.exists()
+
+
+def test_deploy_all_is_the_one_model_path(fake_tools: Tools) -> None:
+    """mme and ic are deployed only when named; training still comes first."""
+    env, log = fake_tools
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "ack", "ic", "all"], env)
+    assert result.returncode == 0, result.stderr
+    applied = [Path(p).parent.name for p in _applied(commands(result.stdout))]
+    assert list(dict.fromkeys(applied)) == ["train", "serve", "batch", "ic"]
+    assert not log.exists()
+
+
 def test_deploy_plain_dry_run(fake_tools: Tools) -> None:
     env, log = fake_tools
     result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--wait", "plain"], env)
@@ -271,6 +332,22 @@ def test_deploy_plain_dry_run(fake_tools: Tools) -> None:
     ]
     assert cmds[-1] == "kubectl -n maskserve rollout status deployment/maskserve --timeout 60m"
     assert not any("get crd" in c for c in cmds)
+    assert not log.exists()
+
+
+def test_deploy_delete_other_endpoints_in_reverse_order(fake_tools: Tools) -> None:
+    env, log = fake_tools
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--delete", "ack", "mme", "ic"], env)
+    assert result.returncode == 0, result.stderr
+    assert [Path(c.split()[-1]).name for c in commands(result.stdout)] == [
+        "73-inferencecomponent.yaml",
+        "72-ic-endpoint.yaml",
+        "71-ic-endpointconfig.yaml",
+        "70-ic-model.yaml",
+        "62-mme-endpoint.yaml",
+        "61-mme-endpointconfig.yaml",
+        "60-mme-model.yaml",
+    ]
     assert not log.exists()
 
 
@@ -291,7 +368,18 @@ def test_deploy_delete_in_reverse_order(fake_tools: Tools) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["kustomize"], ["ack", "deploy"], ["plain", "train"], ["ack", "--set", "nope=1"]]
+    "args",
+    [
+        [],
+        ["kustomize"],
+        ["ack", "deploy"],
+        ["plain", "train"],
+        ["ack", "--set", "nope=1"],
+        ["operator", "ic"],
+        ["plain", "mme"],
+        ["plain", "serve", "ic"],
+        ["ack", "mme-v2"],
+    ],
 )
 def test_deploy_rejects_bad_arguments(args: list[str], fake_tools: Tools) -> None:
     env, log = fake_tools
