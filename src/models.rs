@@ -265,7 +265,8 @@ impl Registry {
 
     /// Unloads `name`: new invocations are refused at once, those in flight may finish for up
     /// to `grace`, then its threads stop and its sessions are dropped before this returns.
-    pub fn unload(&self, name: &str, grace: Duration) -> Result<(), ModelError> {
+    /// Returns how much the resident set shrank.
+    pub fn unload(&self, name: &str, grace: Duration) -> Result<u64, ModelError> {
         let served = {
             let mut slots = lock(&self.slots);
             match slots.get(name) {
@@ -286,7 +287,7 @@ impl Registry {
         let freed = before.saturating_sub((self.rss)().unwrap_or(0));
         lock(&self.slots).remove(name);
         tracing::info!(model = name, drained, freed_bytes = freed, "model unloaded");
-        Ok(())
+        Ok(freed)
     }
 }
 

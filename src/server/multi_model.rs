@@ -192,10 +192,14 @@ async fn unload(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     // Invocations in flight end by their deadline anyway; give them that long.
     let grace = state.settings.timeout;
     let n = name.clone();
-    web::block(move || registry.unload(&n, grace))
+    let freed = web::block(move || registry.unload(&n, grace))
         .await
         .map_err(|_| ApiError::internal("the model unloader failed"))??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"modelName": name, "status": "unloaded"})))
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "modelName": name,
+        "status": "unloaded",
+        "freedHostBytes": freed,
+    })))
 }
 
 /// `POST /models/{name}/invoke`: `/invocations` for one model (every format, limit and error).
