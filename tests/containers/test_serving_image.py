@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from containers import (
     Container,
     ImageBuilder,
     docker,
+    get,
     model_mount,
     post,
     samples,
@@ -190,5 +192,52 @@ def test_read_only_root_with_tmpfs(cpu_image: str) -> None:
             c.url("/invocations"), samples()[1].read_bytes(), "image/png"
         )
         assert status == 200 and json.loads(body)["detections"], body
+    finally:
+        c.close()
+
+
+def test_multi_model_endpoint(cpu_image: str) -> None:
+    """As a SageMaker multi-model endpoint runs the image: the capability label, models under
+    /opt/ml/models/{name}/model (read-only), loaded, invoked and unloaded through /models."""
+    labels = json.loads(
+        docker("inspect", "-f", "{{json .Config.Labels}}", cpu_image).stdout
+    )
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    c = Container.run(
+        cpu_image,
+        "serve",
+        options=[
+            "-v",
+            f"{MODEL_DIR}:/opt/ml/models/0a1b2c/model:ro",
+            "-e",
+            "SAGEMAKER_MULTI_MODEL=true",
+            "--memory",
+            "1g",
+        ],
+    )
+    try:
+        c.wait_ready()
+        body = json.dumps(
+            {"model_name": "0a1b2c", "url": "/opt/ml/models/0a1b2c/model"}
+        ).encode()
+        status, reply = post(c.url("/models"), body, "application/json")
+        assert status == 200, reply
+        # The budget follows the container's 1 GiB limit, not the host's memory.
+        assert "budget_bytes=" in c.logs()
+        image = samples()[0].read_bytes()
+        status, reply = post(
+            c.url("/models/0a1b2c/invoke"),
+            image,
+            "image/png",
+            **{"X-Amzn-SageMaker-Target-Model": "shapes.tar.gz"},
+        )
+        assert status == 200 and json.loads(reply)["detections"], reply
+        listed = json.loads(get(c.url("/models"))[1])
+        assert [m["modelName"] for m in listed["models"]] == ["0a1b2c"]
+        req = urllib.request.Request(c.url("/models/0a1b2c"), method="DELETE")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+        status, _ = post(c.url("/models/0a1b2c/invoke"), image, "image/png")
+        assert status == 404
     finally:
         c.close()

@@ -30,7 +30,9 @@ OTHER_CLASSES = {f"class{i}" for i in range(1, 6)}
 def _binary() -> Path:
     path = Path(os.environ.get("MASKSERVE_BIN", REPO / "target/release/maskserve"))
     if not path.exists():
-        pytest.fail(f"{path} not built: run cargo build --release (scripts/test.sh does)")
+        pytest.fail(
+            f"{path} not built: run cargo build --release (scripts/test.sh does)"
+        )
     return path
 
 
@@ -72,7 +74,11 @@ class Server:
         raise RuntimeError(f"the server did not answer /ping: {err.decode()[-2000:]}")
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
     ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
@@ -84,7 +90,9 @@ class Server:
 
     def load(self, name: str, url: Path | str) -> Reply:
         body = json.dumps({"model_name": name, "url": str(url)}).encode()
-        return self.request("POST", "/models", body, {"Content-Type": "application/json"})
+        return self.request(
+            "POST", "/models", body, {"Content-Type": "application/json"}
+        )
 
     def invoke(self, name: str, attributes: str = "") -> Reply:
         headers = {"Content-Type": "image/png"}
@@ -108,7 +116,15 @@ class Server:
 def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("other") / "model"
     subprocess.run(
-        [sys.executable, "-m", "maskexport.export", "--random", "tiny-fpn", "--num-classes", "6"]
+        [
+            sys.executable,
+            "-m",
+            "maskexport.export",
+            "--random",
+            "tiny-fpn",
+            "--num-classes",
+            "6",
+        ]
         + ["--name", "other", "--no-single", "--out", str(out)],
         cwd=REPO / "model-export",
         check=True,
@@ -132,7 +148,9 @@ def _classes(reply: Reply) -> set[str]:
     return {d["class_name"] for d in reply.json()["detections"]}
 
 
-def test_two_models_each_answer_with_their_own_classes(server: Server, other_model: Path) -> None:
+def test_two_models_each_answer_with_their_own_classes(
+    server: Server, other_model: Path
+) -> None:
     assert server.request("GET", "/models").json() == {"models": []}
     loaded = server.load("fixture", FIXTURE)
     assert loaded.status == 200, loaded.body
@@ -178,7 +196,9 @@ def test_two_models_each_answer_with_their_own_classes(server: Server, other_mod
     assert "x-amzn-sagemaker-custom-attributes" not in server.invoke("fixture").headers
     metrics = server.request("GET", "/metrics").body.decode()
     for name in ("fixture", "other"):
-        assert f'maskserve_model_memory_bytes{{memory="host",model="{name}"}}' in metrics
+        assert (
+            f'maskserve_model_memory_bytes{{memory="host",model="{name}"}}' in metrics
+        )
         assert f'maskserve_batch_size_count{{model="{name}"}}' in metrics
     assert metrics.count("# TYPE maskserve_batch_size histogram") == 1
 
@@ -202,7 +222,11 @@ def test_paging_conflicts_and_errors(server: Server, other_model: Path) -> None:
         ("POST", "/models", b'{"model_name": "x"}'): 400,
         ("POST", "/models", b'{"model_name": "", "url": "/tmp"}'): 400,
         ("POST", "/models", b'{"model_name": "x", "url": "/no/such/dir"}'): 400,
-        ("POST", "/models", json.dumps({"model_name": "x", "url": str(REPO)}).encode()): 400,
+        (
+            "POST",
+            "/models",
+            json.dumps({"model_name": "x", "url": str(REPO)}).encode(),
+        ): 400,
         ("GET", "/models?limit=0", None): 400,
         ("GET", "/models?next_page_token=zz", None): 400,
         ("GET", "/models/nope", None): 404,
@@ -225,14 +249,18 @@ def test_paging_conflicts_and_errors(server: Server, other_model: Path) -> None:
         {"Content-Type": "image/png", "X-Amzn-SageMaker-Something-New": "1"},
     )
     assert garbage.status == 400
-    unsupported = server.request("POST", "/models/a/invoke", b"x", {"Content-Type": "text/csv"})
+    unsupported = server.request(
+        "POST", "/models/a/invoke", b"x", {"Content-Type": "text/csv"}
+    )
     assert unsupported.status == 415
     target = {"Content-Type": "image/png", "X-Amzn-SageMaker-Target-Model": "nope"}
     assert server.request("POST", "/invocations", SAMPLE, target).status == 404
     assert server.invoke("a").status == 200
 
 
-def test_unload_under_load_frees_memory_and_reloads(server: Server, other_model: Path) -> None:
+def test_unload_under_load_frees_memory_and_reloads(
+    server: Server, other_model: Path
+) -> None:
     assert server.load("steady", FIXTURE).status == 200
     assert server.load("other", other_model).status == 200
     stop = threading.Event()
@@ -246,7 +274,9 @@ def test_unload_under_load_frees_memory_and_reloads(server: Server, other_model:
             outcomes[name].append(r.status)
 
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(hammer, n) for n in ("steady", "other", "other", "steady")]
+        futures = [
+            pool.submit(hammer, n) for n in ("steady", "other", "other", "steady")
+        ]
         time.sleep(1.0)
         unloaded = server.request("DELETE", "/models/other")
         time.sleep(0.5)
