@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -223,7 +224,8 @@ def test_multi_model_endpoint(cpu_image: str) -> None:
         status, reply = post(c.url("/models"), body, "application/json")
         assert status == 200, reply
         # The budget follows the container's 1 GiB limit, not the host's memory.
-        assert "budget_bytes=" in c.logs()
+        budget = re.search(r"budget_bytes=(\d+)", c.logs())
+        assert budget and 0 < int(budget.group(1)) < 1 << 30, c.logs()[-2000:]
         image = samples()[0].read_bytes()
         status, reply = post(
             c.url("/models/0a1b2c/invoke"),
