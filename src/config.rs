@@ -321,6 +321,11 @@ pub struct ServeArgs {
     /// RAM, less what the server holds at start).
     #[arg(long, env = "MASKSERVE_MODELS_MEMORY_MB", value_name = "MIB")]
     pub models_memory_mb: Option<u64>,
+    /// Multi-model mode on a GPU: MiB of GPU memory the loaded models' ONNX Runtime arenas may
+    /// hold together (measured after each load's warm-up); a load past it is answered 507. By
+    /// default only a failed GPU allocation is.
+    #[arg(long, env = "MASKSERVE_MODELS_GPU_MEMORY_MB", value_name = "MIB")]
+    pub models_gpu_memory_mb: Option<u64>,
     /// Log as JSON lines (for CloudWatch) instead of text.
     #[arg(long, env = "MASKSERVE_LOG_JSON", value_parser = FalseyValueParser::new())]
     pub log_json: bool,
@@ -451,6 +456,14 @@ impl ServeArgs {
                 let held = crate::memory::rss_bytes().unwrap_or(0);
                 Ok((limit / 10 * 9).saturating_sub(held))
             }
+        }
+    }
+
+    /// Multi-model mode's GPU budget in bytes (see `--models-gpu-memory-mb`).
+    pub fn models_gpu_budget(&self) -> Result<Option<u64>> {
+        match self.models_gpu_memory_mb {
+            Some(0) => bail!("--models-gpu-memory-mb must be at least 1"),
+            v => Ok(v.map(|mb| mb.saturating_mul(MIB as u64))),
         }
     }
 

@@ -32,10 +32,12 @@ pub enum ModelError {
     #[error("model directory {0} does not exist")]
     NoSuchDirectory(PathBuf),
     #[error(
-        "not enough memory for model {name:?}: it needs about {need} bytes, {free} bytes are free \
-         for models (budget {budget} bytes, {used} in use by {loaded} loaded models); unload one"
+        "not enough {memory} memory for model {name:?}: it needs about {need} bytes, {free} bytes \
+         are free for models (budget {budget} bytes, {used} in use by {loaded} loaded models); \
+         unload one"
     )]
     InsufficientMemory {
+        memory: &'static str,
         name: String,
         need: u64,
         free: u64,
@@ -57,6 +59,8 @@ pub struct Served {
     pub metrics: Arc<Metrics>,
     /// Resident-set growth its load caused (weights, sessions, the warm-up's activations).
     pub host_bytes: AtomicU64,
+    /// GPU memory its ONNX Runtime arenas held after the warm-up (GPU providers only).
+    pub gpu_bytes: Option<u64>,
     pub loaded_at: Instant,
     pub load_seconds: f64,
 }
@@ -70,11 +74,18 @@ enum Slot {
 /// Builds the engine of the model in a directory (the real loader, or a test double).
 pub type LoadFn = dyn Fn(&Path, Arc<Metrics>) -> anyhow::Result<Engine> + Send + Sync;
 
+/// Memory all loaded models may hold together.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub host: u64,
+    /// GPU memory (ONNX Runtime's arenas); `None`: only a failed allocation says 507.
+    pub gpu: Option<u64>,
+}
+
 pub struct Registry {
     slots: Mutex<BTreeMap<String, Slot>>,
     loads: Mutex<()>,
-    /// Bytes all loaded models may hold together.
-    budget: u64,
+    budget: Budget,
     /// Graph layout the engines run (the graphs a load estimate counts).
     layout: Layout,
     load: Box<LoadFn>,
@@ -95,7 +106,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    pub fn new(budget: u64, layout: Layout, namespace: &str, load: Box<LoadFn>) -> Registry {
+    pub fn new(budget: Budget, layout: Layout, namespace: &str, load: Box<LoadFn>) -> Registry {
         Registry {
             slots: Mutex::new(BTreeMap::new()),
             loads: Mutex::new(()),
@@ -107,7 +118,7 @@ impl Registry {
         }
     }
 
-    pub fn budget(&self) -> u64 {
+    pub fn budget(&self) -> Budget {
         self.budget
     }
 
@@ -151,13 +162,15 @@ impl Registry {
             .collect()
     }
 
-    fn used(&self) -> (u64, usize) {
+    /// Host and GPU bytes the loaded models hold, and how many there are.
+    fn used(&self) -> (u64, u64, usize) {
         let loaded = self.loaded();
-        let used = loaded
+        let host = loaded
             .iter()
             .map(|s| s.host_bytes.load(Ordering::Relaxed))
             .sum();
-        (used, loaded.len())
+        let gpu = loaded.iter().filter_map(|s| s.gpu_bytes).sum();
+        (host, gpu, loaded.len())
     }
 
     /// Loads the model directory `url` as `name`; blocks until it serves or failed.
@@ -199,22 +212,28 @@ impl Registry {
         };
         let manifest = Manifest::load(dir).map_err(invalid)?;
         let estimate = graph_bytes(&manifest, dir, self.layout);
-        let (used, loaded) = self.used();
-        let short = |need: u64, used: u64| ModelError::InsufficientMemory {
-            name: name.into(),
-            need,
-            free: self.budget.saturating_sub(used),
-            budget: self.budget,
-            used,
-            loaded,
+        let (used, used_gpu, loaded) = self.used();
+        let short = |memory: &'static str, need: u64, used: u64, budget: u64| {
+            ModelError::InsufficientMemory {
+                memory,
+                name: name.into(),
+                need,
+                free: budget.saturating_sub(used),
+                budget,
+                used,
+                loaded,
+            }
         };
+        let host_short = |need: u64| short("host", need, used, self.budget.host);
         // The graphs' weights are the least a load takes; the host may also have less free
         // than the budget says (other processes, page cache it cannot drop).
-        if used + estimate > self.budget {
-            return Err(short(estimate, used));
+        if used + estimate > self.budget.host
+            || memory::available_bytes().is_some_and(|free| estimate > free)
+        {
+            return Err(host_short(estimate));
         }
-        if memory::available_bytes().is_some_and(|free| estimate > free) {
-            return Err(short(estimate, used));
+        if let Some(gpu) = self.budget.gpu.filter(|&b| used_gpu + estimate > b) {
+            return Err(short("GPU", estimate, used_gpu, gpu));
         }
         let before = (self.rss)().unwrap_or(0);
         let metrics = Arc::new(Metrics::for_model(&self.namespace, name));
@@ -227,11 +246,20 @@ impl Registry {
             .unwrap_or(0)
             .saturating_sub(before)
             .max(estimate);
-        if used + took > self.budget {
+        let gpu_bytes = engine.arena().filter(|a| a.gpu).map(|a| a.bytes);
+        let refused = if used + took > self.budget.host {
+            Some(host_short(took))
+        } else {
+            match (self.budget.gpu, gpu_bytes) {
+                (Some(b), Some(g)) if used_gpu + g > b => Some(short("GPU", g, used_gpu, b)),
+                _ => None,
+            }
+        };
+        if let Some(e) = refused {
             engine.stop(Duration::ZERO);
             drop(engine);
             memory::release_free_memory();
-            return Err(short(took, used));
+            return Err(e);
         }
         let load_seconds = t0.elapsed().as_secs_f64();
         metrics.model_load_seconds.set(load_seconds);
@@ -244,10 +272,24 @@ impl Registry {
             .model_memory
             .with_label_values(&["host"])
             .set(i64::try_from(took).unwrap_or(i64::MAX));
+        let arena = engine.arena().map(|a| a.bytes);
+        if let Some(a) = arena {
+            metrics
+                .model_memory
+                .with_label_values(&["arena"])
+                .set(i64::try_from(a).unwrap_or(i64::MAX));
+        }
+        if let Some(g) = gpu_bytes {
+            metrics
+                .model_memory
+                .with_label_values(&["gpu"])
+                .set(i64::try_from(g).unwrap_or(i64::MAX));
+        }
         tracing::info!(
             model = name,
             url,
             host_bytes = took,
+            arena_bytes = arena,
             load_seconds,
             provider = engine.provider(),
             "model loaded"
@@ -258,6 +300,7 @@ impl Registry {
             engine,
             metrics,
             host_bytes: AtomicU64::new(took),
+            gpu_bytes,
             loaded_at: Instant::now(),
             load_seconds,
         }))
@@ -315,13 +358,22 @@ mod tests {
     }
 
     fn fake_load(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
+        fake_load_with(dir, metrics, None)
+    }
+
+    fn fake_load_with(
+        dir: &Path,
+        metrics: Arc<Metrics>,
+        arena: Option<crate::backend::Arena>,
+    ) -> anyhow::Result<Engine> {
         let m = Manifest::load(dir)?;
         let levels = m
             .anchors_per_location()
             .into_iter()
             .zip([4usize, 8, 16, 32, 64])
             .collect();
-        let f = FakeBackend::new(levels, m.classes.len(), m.mask.size);
+        let mut f = FakeBackend::new(levels, m.classes.len(), m.mask.size);
+        f.arena = arena;
         let model = Arc::new(MaskRcnn::new(m, Layout::Split, 40_000_000));
         Ok(Engine::start(
             model,
@@ -331,7 +383,8 @@ mod tests {
         )?)
     }
 
-    fn registry(budget: u64) -> Registry {
+    fn registry(host: u64) -> Registry {
+        let budget = Budget { host, gpu: None };
         let mut r = Registry::new(budget, Layout::Split, "test", Box::new(fake_load));
         r.rss = || None;
         r
@@ -392,7 +445,10 @@ mod tests {
         r.load("two", &shapes()).unwrap();
         match r.load("three", &shapes()) {
             Err(ModelError::InsufficientMemory {
-                need, loaded: 2, ..
+                memory: "host",
+                need,
+                loaded: 2,
+                ..
             }) => assert!(need >= w),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a third model fitted in 2.5 models' budget"),
@@ -401,6 +457,33 @@ mod tests {
         assert!(matches!(r.get("three"), Err(ModelError::NotLoaded(_))));
         r.unload("one", Duration::ZERO).unwrap();
         r.load("three", &shapes()).unwrap();
+    }
+
+    #[test]
+    fn gpu_budget_counts_the_gpu_arenas() {
+        let w = weights();
+        let arena = crate::backend::Arena {
+            bytes: 100 * w,
+            gpu: true,
+        };
+        let budget = Budget {
+            host: u64::MAX / 4,
+            gpu: Some(150 * w),
+        };
+        let load = move |dir: &Path, m: Arc<Metrics>| fake_load_with(dir, m, Some(arena));
+        let mut r = Registry::new(budget, Layout::Split, "test", Box::new(load));
+        r.rss = || None;
+        assert_eq!(r.load("one", &shapes()).unwrap().gpu_bytes, Some(100 * w));
+        match r.load("two", &shapes()) {
+            Err(ModelError::InsufficientMemory {
+                memory: "GPU",
+                need,
+                used,
+                ..
+            }) => assert_eq!((need, used), (100 * w, 100 * w)),
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(matches!(r.get("two"), Err(ModelError::NotLoaded(_))));
     }
 
     #[test]

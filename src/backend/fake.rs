@@ -53,6 +53,8 @@ pub struct FakeBackend {
     mask_size: usize,
     /// Graph (a) runs and the images they held, summed over all clones' threads.
     pub calls: Arc<FakeCalls>,
+    /// What [`Backend::arena`] reports (none by default).
+    pub arena: Option<super::Arena>,
 }
 
 #[derive(Default)]
@@ -69,6 +71,7 @@ impl FakeBackend {
             num_classes,
             mask_size,
             calls: Arc::default(),
+            arena: None,
         }
     }
 
@@ -79,6 +82,7 @@ impl FakeBackend {
             num_classes: self.num_classes,
             mask_size: self.mask_size,
             calls: Arc::clone(&self.calls),
+            arena: self.arena,
         }
     }
 }
@@ -88,6 +92,10 @@ impl Backend for FakeBackend {
 
     fn provider(&self) -> &str {
         "fake"
+    }
+
+    fn arena(&self) -> Option<super::Arena> {
+        self.arena
     }
 
     fn backbone_rpn(

@@ -81,6 +81,13 @@ pub enum BackendError {
     WrongLayout(&'static str),
 }
 
+/// Bytes a runtime's memory arenas hold, and whether in GPU memory (else host memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arena {
+    pub bytes: u64,
+    pub gpu: bool,
+}
+
 /// The graphs of one model on one runtime. The split layout runs `backbone_rpn`, `box_head`
 /// and `mask_head` on whole batches; the single layout runs `single` one image at a time.
 pub trait Backend: Send + 'static {
@@ -118,4 +125,10 @@ pub trait Backend: Send + 'static {
         height: usize,
         width: usize,
     ) -> Result<SingleOutput, BackendError>;
+
+    /// What the runtime's memory arenas hold on the device the graphs run on, when the
+    /// runtime reports it.
+    fn arena(&self) -> Option<Arena> {
+        None
+    }
 }

@@ -11,11 +11,14 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Context, Result};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::SessionBuilder;
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
 
-use super::{BackboneOutput, Backend, BackendError, BoxHeadOutput, Roi, RpnLevel, SingleOutput};
+use super::{
+    Arena, BackboneOutput, Backend, BackendError, BoxHeadOutput, Roi, RpnLevel, SingleOutput,
+};
 use crate::detection::transform::Batch;
 use crate::model::{Layout, Manifest};
 
@@ -428,6 +431,45 @@ impl OrtBackend {
     pub fn provider_kind(&self) -> Provider {
         self.provider
     }
+
+    fn sessions(&self) -> Vec<&Session> {
+        match &self.graphs {
+            Graphs::Split {
+                backbone_rpn,
+                box_head,
+                mask_head,
+            } => vec![backbone_rpn, box_head, mask_head],
+            Graphs::Single(s) => vec![s],
+        }
+    }
+}
+
+/// `TotalAllocated` of the arena `session` allocates from on `device`: the bytes it has reserved
+/// (ONNX Runtime's BFC arena keeps them until the session is dropped).
+fn arena_total(session: &Session, device: AllocationDevice<'static>) -> Option<u64> {
+    use ort::AsPointer;
+    let info = MemoryInfo::new(device, 0, AllocatorType::Arena, MemoryType::Default).ok()?;
+    let allocator = Allocator::new(session, info).ok()?;
+    let api = ort::api();
+    let mut kvps: *mut ort::sys::OrtKeyValuePairs = std::ptr::null_mut();
+    // SAFETY: `allocator` is a live allocator of `session`; the pairs it returns are read while
+    // they live and released once, below.
+    unsafe {
+        let status = (api.AllocatorGetStats)(allocator.ptr(), &mut kvps);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return None;
+        }
+        if kvps.is_null() {
+            return None;
+        }
+        let value = (api.GetKeyValue)(kvps, c"TotalAllocated".as_ptr());
+        let total = (!value.is_null())
+            .then(|| std::ffi::CStr::from_ptr(value).to_str().ok()?.parse().ok())
+            .flatten();
+        (api.ReleaseKeyValuePairs)(kvps);
+        total
+    }
 }
 
 impl Backend for OrtBackend {
@@ -435,6 +477,21 @@ impl Backend for OrtBackend {
 
     fn provider(&self) -> &str {
         self.provider.name()
+    }
+
+    fn arena(&self) -> Option<Arena> {
+        let gpu = self.provider != Provider::Cpu;
+        let device = if gpu {
+            AllocationDevice::CUDA
+        } else {
+            AllocationDevice::CPU
+        };
+        let bytes = self
+            .sessions()
+            .into_iter()
+            .map(|s| arena_total(s, device.clone()))
+            .sum::<Option<u64>>()?;
+        Some(Arena { bytes, gpu })
     }
 
     fn backbone_rpn(

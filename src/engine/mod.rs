@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use self::batcher::{Batcher, Next};
 pub use self::request::{JobError, JobResult};
 use self::request::{Outcome, Request, Skip};
-use crate::backend::Backend;
+use crate::backend::{Arena, Backend};
 use crate::metrics::Metrics;
 use crate::pipeline::{validate, Detections, ImageMeta, MaskRcnn, Prepared};
 use crate::types::{PredictError, PredictOptions};
@@ -112,6 +112,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Images submitted and not yet finished (answered, failed or skipped).
     active: AtomicUsize,
+    /// Each backend's runtime arenas after its last batch ([`Backend::arena`]).
+    arenas: Mutex<Vec<Option<Arena>>>,
 }
 
 impl Shared {
@@ -161,6 +163,7 @@ impl Engine {
             staged_limit,
             metrics,
             active: AtomicUsize::new(0),
+            arenas: Mutex::new(backends.iter().map(Backend::arena).collect()),
         });
         let mut threads = Vec::new();
         for (i, backend) in backends.into_iter().enumerate() {
@@ -168,7 +171,7 @@ impl Engine {
             threads.push(
                 thread::Builder::new()
                     .name(format!("backend-{i}"))
-                    .spawn(move || backend_loop(&s, backend))?,
+                    .spawn(move || backend_loop(&s, i, backend))?,
             );
         }
         for i in 0..shared.cfg.cpu_threads.max(1) {
@@ -214,6 +217,17 @@ impl Engine {
         st.waiting = 0;
         drop(st);
         drained
+    }
+
+    /// What the backends' runtime arenas hold on their device (GPU memory under CUDA), as
+    /// of each one's last batch; `None` when the runtime does not say.
+    pub fn arena(&self) -> Option<Arena> {
+        let arenas = self.shared.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        let known: Vec<Arena> = arenas.iter().flatten().copied().collect();
+        (!known.is_empty()).then(|| Arena {
+            bytes: known.iter().map(|a| a.bytes).sum(),
+            gpu: known.iter().any(|a| a.gpu),
+        })
     }
 
     /// Images submitted and not yet answered.
@@ -467,7 +481,7 @@ fn next_batch(s: &Shared) -> Option<Vec<Staged>> {
     }
 }
 
-fn backend_loop<B: Backend>(s: &Shared, mut backend: B) {
+fn backend_loop<B: Backend>(s: &Shared, index: usize, mut backend: B) {
     while let Some(batch) = next_batch(s) {
         let now = Instant::now();
         let mut run = Vec::with_capacity(batch.len());
@@ -482,6 +496,15 @@ fn backend_loop<B: Backend>(s: &Shared, mut backend: B) {
         }
         s.metrics.batch_size.observe(run.len() as f64);
         run_batch(s, &mut backend, run);
+        let arena = backend.arena();
+        if let Some(slot) = s
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index)
+        {
+            *slot = arena;
+        }
     }
 }
 

@@ -179,6 +179,15 @@ async fn metrics_page(state: web::Data<AppState>) -> HttpResponse {
         None => state.metrics.render(),
         Some(registry) => {
             let loaded = registry.loaded();
+            for s in &loaded {
+                // The arenas grow with the shapes a model meets: read them at each scrape.
+                if let Some(a) = s.engine.arena() {
+                    s.metrics
+                        .model_memory
+                        .with_label_values(&["arena"])
+                        .set(i64::try_from(a.bytes).unwrap_or(i64::MAX));
+                }
+            }
             let mut all: Vec<&Metrics> = vec![&state.metrics];
             all.extend(loaded.iter().map(|s| s.metrics.as_ref()));
             metrics::render_all(&all)

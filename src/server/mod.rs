@@ -26,7 +26,7 @@ use self::http::{AppState, Ready};
 use crate::config::ServeArgs;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::models::Registry;
+use crate::models::{Budget, Registry};
 
 /// Longest a multi-model load may spend in its warm-up inference.
 const WARM_UP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,10 +49,14 @@ fn load_model_dir(args: &ServeArgs, dir: &Path, metrics: Arc<Metrics>) -> Result
 }
 
 fn registry(args: &ServeArgs) -> Result<Registry> {
-    let budget = args.models_budget()?;
+    let budget = Budget {
+        host: args.models_budget()?,
+        gpu: args.models_gpu_budget()?,
+    };
     let a = args.clone();
     tracing::info!(
-        budget_bytes = budget,
+        budget_bytes = budget.host,
+        gpu_budget_bytes = budget.gpu,
         "multi-model mode: models load through POST /models"
     );
     Ok(Registry::new(

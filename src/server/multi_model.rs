@@ -47,6 +47,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(rename_all = "camelCase")]
 struct Memory {
     host_bytes: u64,
+    /// ONNX Runtime's arenas on the graphs' device: GPU memory under CUDA, host memory on CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arena_bytes: Option<u64>,
+    /// GPU memory held after the load's warm-up (GPU providers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +74,8 @@ fn info(s: &Served) -> ModelInfo<'_> {
         execution_provider: s.engine.provider(),
         memory: Memory {
             host_bytes: s.host_bytes.load(Ordering::Relaxed),
+            arena_bytes: s.engine.arena().map(|a| a.bytes),
+            gpu_bytes: s.gpu_bytes,
         },
         load_seconds: s.load_seconds,
         inflight_images: s.engine.active(),
