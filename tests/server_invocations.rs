@@ -195,6 +195,11 @@ fn content_types_formats_accept_and_options() {
         )],
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // The response's custom attributes say what was applied, in canonical spelling.
+    assert_eq!(
+        r.header("x-amzn-sagemaker-custom-attributes"),
+        Some("max_detections=1,mask_format=none,score_threshold=0")
+    );
     let few = r.json()["detections"].as_array().cloned().unwrap();
     assert!(few.len() <= 1);
     assert_eq!(few.len(), dets.len().min(1));
@@ -218,6 +223,13 @@ fn content_types_formats_accept_and_options() {
         );
         assert_eq!(r.status, 200, "{attr}: {}", r.text());
         assert_eq!(r.json(), plain, "{attr}");
+        // Other tools' keys get no reply; ours that were invalid are named.
+        let reply = r.header("x-amzn-sagemaker-custom-attributes");
+        if attr.starts_with("score_threshold=banana") {
+            assert_eq!(reply, Some("invalid=score_threshold|max_detections"));
+        } else {
+            assert_eq!(reply, None, "{attr}");
+        }
     }
     // Options in the body win over the header.
     let body = json!({"instances": [b64(png)], "max_detections": 2, "mask_format": "polygon"});
