@@ -35,6 +35,11 @@ enum Command {
     /// mask as a base64 PNG line, using maskserve's own decoder.
     #[command(hide = true)]
     DebugRleDecode,
+    /// Test helper: MultiScaleRoIAlign (detection::poolers) on a JSON batch on stdin (features
+    /// per level `[B, C, H, W]`, image sizes, boxes per image); prints the levels and the pooled
+    /// values as JSON.
+    #[command(hide = true)]
+    DebugRoiAlign,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
             maskserve::server::run(*a).map(|()| ExitCode::SUCCESS)
         }
         Command::DebugRleDecode => rle_decode(),
+        Command::DebugRoiAlign => roi_align(),
     };
     match r {
         Ok(code) => code,
@@ -260,5 +266,55 @@ fn rle_decode() -> Result<ExitCode> {
             base64::engine::general_purpose::STANDARD.encode(png)
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Deserialize)]
+struct RoiAlignInput {
+    /// Per level: `[B, C, H, W]` flattened.
+    features: Vec<Vec<f32>>,
+    level_sizes: Vec<(usize, usize)>,
+    channels: usize,
+    image_sizes: Vec<(usize, usize)>,
+    boxes: Vec<Vec<[f32; 4]>>,
+    output_size: usize,
+    sampling_ratio: usize,
+}
+
+fn roi_align() -> Result<ExitCode> {
+    use maskserve::detection::poolers::{multi_scale_roi_align, setup_scales, FeatureMap};
+    let input: RoiAlignInput = serde_json::from_reader(std::io::stdin().lock())?;
+    let max_h = input.image_sizes.iter().map(|s| s.0).max().unwrap_or(1);
+    let max_w = input.image_sizes.iter().map(|s| s.1).max().unwrap_or(1);
+    let (scales, mapper) = setup_scales(&input.level_sizes, (max_h, max_w));
+    let mut levels = Vec::new();
+    let mut pooled = Vec::new();
+    for (i, boxes) in input.boxes.iter().enumerate() {
+        let maps: Vec<FeatureMap> = input
+            .features
+            .iter()
+            .zip(&input.level_sizes)
+            .map(|(data, &(height, width))| {
+                let n = input.channels * height * width;
+                FeatureMap {
+                    data: &data[i * n..(i + 1) * n],
+                    channels: input.channels,
+                    height,
+                    width,
+                }
+            })
+            .collect();
+        levels.extend(boxes.iter().map(|b| mapper.level(*b)));
+        pooled.extend(multi_scale_roi_align(
+            &maps,
+            &scales,
+            &mapper,
+            boxes,
+            input.output_size,
+            input.sampling_ratio,
+        ));
+    }
+    let out = serde_json::json!({"scales": scales, "levels": levels, "pooled": pooled});
+    writeln!(std::io::stdout().lock(), "{out}")?;
     Ok(ExitCode::SUCCESS)
 }

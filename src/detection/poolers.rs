@@ -1,0 +1,245 @@
+//! torchvision's `MultiScaleRoIAlign` (ops/poolers.py) in Rust: each RoI is assigned one FPN
+//! level by the `LevelMapper` heuristic (Feature Pyramid Networks, eq. 1) and pooled from that
+//! level only by `roi_align` (sampling_ratio fixed per call, aligned=False), with torchvision's
+//! CPU kernel's arithmetic. For runtimes without a RoiAlign operator, and for grouping the RoIs
+//! of a batch by level.
+
+/// One feature map `[C, H, W]` of one image, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureMap<'a> {
+    pub data: &'a [f32],
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// torchvision's `LevelMapper` with its defaults (canonical scale 224, canonical level 4,
+/// eps 1e-6), for levels `k_min..=k_max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LevelMapper {
+    pub k_min: i32,
+    pub k_max: i32,
+    pub canonical_scale: f32,
+    pub canonical_level: f32,
+    pub eps: f32,
+}
+
+impl LevelMapper {
+    pub fn new(k_min: i32, k_max: i32) -> LevelMapper {
+        LevelMapper {
+            k_min,
+            k_max,
+            canonical_scale: 224.0,
+            canonical_level: 4.0,
+            eps: 1e-6,
+        }
+    }
+
+    /// The index (0 = level `k_min`) of the level that pools box `[x1, y1, x2, y2]`.
+    pub fn level(&self, b: [f32; 4]) -> usize {
+        // torchvision: sqrt(box_area) in the boxes' dtype, then floor(lvl0 + log2(s / s0) + eps).
+        let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
+        let target = (self.canonical_level + (s / self.canonical_scale).log2() + self.eps).floor();
+        // NaN (a degenerate box's log2(0) is -inf, which clamps) goes to the lowest level.
+        let clamped = if target.is_nan() {
+            self.k_min as f32
+        } else {
+            target.clamp(self.k_min as f32, self.k_max as f32)
+        };
+        (clamped as i32 - self.k_min) as usize
+    }
+}
+
+/// torchvision's `_infer_scale`: the power of two nearest to `feature / image` (heights; the
+/// ratio is a double rounded to float32, `round` is half-to-even as `torch.round`).
+pub fn infer_scale(feature: usize, image: usize) -> f32 {
+    let approx = (feature as f64 / image as f64) as f32;
+    2f32.powf(approx.log2().round_ties_even())
+}
+
+/// torchvision's `_setup_scales`: each level's scale from its height and the tallest image of
+/// the batch (`image` = the largest height and width of the resized images), and the mapper
+/// for the levels they span.
+pub fn setup_scales(levels: &[(usize, usize)], image: (usize, usize)) -> (Vec<f32>, LevelMapper) {
+    let scales: Vec<f32> = levels
+        .iter()
+        .map(|&(h, _)| infer_scale(h, image.0))
+        .collect();
+    // int(-log2(scale)) truncates, as Python's int().
+    let k_min = -scales.first().copied().unwrap_or(1.0).log2();
+    let k_max = -scales.last().copied().unwrap_or(1.0).log2();
+    (scales, LevelMapper::new(k_min as i32, k_max as i32))
+}
+
+/// Where one sample point reads the feature map, and with which weights.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    pos: [usize; 4],
+    w: [f32; 4],
+}
+
+/// torchvision's `bilinear_interpolate` precomputation (roi_align_kernel.cpp); `None` for a
+/// point outside the map, which contributes 0.
+fn sample(height: usize, width: usize, mut y: f32, mut x: f32) -> Option<Sample> {
+    let (h, w) = (height as f32, width as f32);
+    if y < -1.0 || y > h || x < -1.0 || x > w {
+        return None;
+    }
+    if y <= 0.0 {
+        y = 0.0;
+    }
+    if x <= 0.0 {
+        x = 0.0;
+    }
+    let mut y_low = y as usize;
+    let mut x_low = x as usize;
+    let y_high;
+    let x_high;
+    if y_low >= height - 1 {
+        y_low = height - 1;
+        y_high = y_low;
+        y = y_low as f32;
+    } else {
+        y_high = y_low + 1;
+    }
+    if x_low >= width - 1 {
+        x_low = width - 1;
+        x_high = x_low;
+        x = x_low as f32;
+    } else {
+        x_high = x_low + 1;
+    }
+    let ly = y - y_low as f32;
+    let lx = x - x_low as f32;
+    let hy = 1.0 - ly;
+    let hx = 1.0 - lx;
+    Some(Sample {
+        pos: [
+            y_low * width + x_low,
+            y_low * width + x_high,
+            y_high * width + x_low,
+            y_high * width + x_high,
+        ],
+        w: [hy * hx, hy * lx, ly * hx, ly * lx],
+    })
+}
+
+/// `torchvision.ops.roi_align(aligned=False)` of one box `[x1, y1, x2, y2]` (image coordinates)
+/// on one feature map: writes `[C, out, out]` into `dst`.
+pub fn roi_align(
+    f: FeatureMap<'_>,
+    spatial_scale: f32,
+    b: [f32; 4],
+    out: usize,
+    sampling_ratio: usize,
+    dst: &mut [f32],
+) {
+    let (height, width) = (f.height, f.width);
+    let start_w = b[0] * spatial_scale;
+    let start_h = b[1] * spatial_scale;
+    let end_w = b[2] * spatial_scale;
+    let end_h = b[3] * spatial_scale;
+    // aligned=False: a box is at least one feature cell.
+    let roi_w = (end_w - start_w).max(1.0);
+    let roi_h = (end_h - start_h).max(1.0);
+    let bin_h = roi_h / out as f32;
+    let bin_w = roi_w / out as f32;
+    let grid_h = if sampling_ratio > 0 {
+        sampling_ratio
+    } else {
+        (roi_h / out as f32).ceil() as usize
+    };
+    let grid_w = if sampling_ratio > 0 {
+        sampling_ratio
+    } else {
+        (roi_w / out as f32).ceil() as usize
+    };
+    let count = (grid_h * grid_w).max(1) as f32;
+    let mut samples: Vec<Option<Sample>> = Vec::with_capacity(out * out * grid_h * grid_w);
+    for ph in 0..out {
+        for pw in 0..out {
+            for iy in 0..grid_h {
+                let y = start_h + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
+                for ix in 0..grid_w {
+                    let x = start_w + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
+                    samples.push(sample(height, width, y, x));
+                }
+            }
+        }
+    }
+    let per_bin = grid_h * grid_w;
+    for c in 0..f.channels {
+        let plane = &f.data[c * height * width..(c + 1) * height * width];
+        for (bin, chunk) in samples.chunks(per_bin).enumerate() {
+            let mut v = 0.0f32;
+            for s in chunk.iter().flatten() {
+                v += s.w[0] * plane[s.pos[0]]
+                    + s.w[1] * plane[s.pos[1]]
+                    + s.w[2] * plane[s.pos[2]]
+                    + s.w[3] * plane[s.pos[3]];
+            }
+            dst[c * out * out + bin] = v / count;
+        }
+    }
+}
+
+/// `MultiScaleRoIAlign` of the RoIs of one image: `levels[k]` is level k's map of that image,
+/// `scales[k]` its scale, and the result is `[N, C, out, out]` in the order of `boxes`.
+pub fn multi_scale_roi_align(
+    levels: &[FeatureMap<'_>],
+    scales: &[f32],
+    mapper: &LevelMapper,
+    boxes: &[[f32; 4]],
+    out: usize,
+    sampling_ratio: usize,
+) -> Vec<f32> {
+    let channels = levels.first().map_or(0, |l| l.channels);
+    let per_roi = channels * out * out;
+    let mut dst = vec![0.0f32; boxes.len() * per_roi];
+    for (b, chunk) in boxes.iter().zip(dst.chunks_mut(per_roi.max(1))) {
+        let k = mapper.level(*b).min(levels.len().saturating_sub(1));
+        roi_align(levels[k], scales[k], *b, out, sampling_ratio, chunk);
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_mapper_follows_the_paper() {
+        let m = LevelMapper::new(2, 5);
+        // A 224-pixel box is the canonical level 4 (index 2 from level 2).
+        assert_eq!(m.level([0.0, 0.0, 224.0, 224.0]), 2);
+        assert_eq!(m.level([0.0, 0.0, 112.0, 112.0]), 1);
+        assert_eq!(m.level([0.0, 0.0, 448.0, 448.0]), 3);
+        assert_eq!(m.level([0.0, 0.0, 4000.0, 4000.0]), 3);
+        assert_eq!(m.level([0.0, 0.0, 1.0, 1.0]), 0);
+        assert_eq!(m.level([5.0, 5.0, 5.0, 5.0]), 0);
+    }
+
+    #[test]
+    fn scales_as_torchvision_infers_them() {
+        let (scales, m) = setup_scales(&[(200, 336), (100, 168), (50, 84), (25, 42)], (800, 1333));
+        assert_eq!(scales, [0.25, 0.125, 0.0625, 0.03125]);
+        assert_eq!((m.k_min, m.k_max), (2, 5));
+    }
+
+    #[test]
+    fn constant_map_pools_to_the_constant() {
+        let data = vec![3.5f32; 2 * 8 * 8];
+        let f = FeatureMap {
+            data: &data,
+            channels: 2,
+            height: 8,
+            width: 8,
+        };
+        let mut dst = vec![0.0; 2 * 7 * 7];
+        roi_align(f, 0.5, [2.0, 2.0, 10.0, 12.0], 7, 2, &mut dst);
+        assert!(dst.iter().all(|&v| (v - 3.5).abs() < 1e-6), "{dst:?}");
+        // Far outside the map every sample is 0.
+        roi_align(f, 0.5, [100.0, 100.0, 120.0, 120.0], 7, 2, &mut dst);
+        assert!(dst.iter().all(|&v| v == 0.0));
+    }
+}
