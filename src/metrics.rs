@@ -37,7 +37,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Time a prepared image waited in the batcher for a backend.
     pub batch_queue_wait: Histogram,
-    /// Memory a loaded model holds, by `memory` (`host`, `gpu`); multi-model mode.
+    /// Memory a loaded model holds, by `memory` (`host`, `arena`, `gpu`); multi-model mode.
     pub model_memory: IntGaugeVec,
 }
 
@@ -62,93 +62,89 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // Every metric of this registry: the namespace and the constant labels.
+        let opts = |name: &str, help: &str| {
+            Opts::new(name, help)
+                .namespace(namespace)
+                .const_labels(labels.clone())
+        };
+        let hopts = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help)
+                .namespace(namespace)
+                .const_labels(labels.clone())
+                .buckets(buckets.to_vec())
+        };
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
-            Opts::new(
+            opts(
                 "http_requests_total",
                 "HTTP requests by route, status and content type",
-            )
-            .namespace(namespace)
-            .const_labels(labels.clone()),
+            ),
             &["route", "status", "content_type"],
         ));
         let request_seconds = must(HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                .namespace(namespace)
-                .const_labels(labels.clone())
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            hopts(
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                LATENCY_BUCKETS,
+            ),
             &["route"],
         ));
         let stage_seconds = must(HistogramVec::new(
-            HistogramOpts::new("stage_duration_seconds", "Latency of each inference stage")
-                .namespace(namespace)
-                .const_labels(labels.clone())
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            hopts(
+                "stage_duration_seconds",
+                "Latency of each inference stage",
+                LATENCY_BUCKETS,
+            ),
             &["stage"],
         ));
-        let inflight = must(IntGauge::with_opts(
-            Opts::new("inflight_requests", "Invocations being served")
-                .namespace(namespace)
-                .const_labels(labels.clone()),
-        ));
-        let queue_depth = must(IntGauge::with_opts(
-            Opts::new("queue_depth", "Inference jobs waiting for a worker")
-                .namespace(namespace)
-                .const_labels(labels.clone()),
-        ));
-        let model_load_seconds = must(Gauge::with_opts(
-            Opts::new("model_load_seconds", "Time taken to load the model")
-                .namespace(namespace)
-                .const_labels(labels.clone()),
-        ));
-        let model_ready = must(IntGauge::with_opts(
-            Opts::new("model_ready", "1 when the model is loaded and serving")
-                .namespace(namespace)
-                .const_labels(labels.clone()),
-        ));
-        let detections = must(Histogram::with_opts(
-            HistogramOpts::new("detections_per_image", "Detections returned per image")
-                .namespace(namespace)
-                .const_labels(labels.clone())
-                .buckets(DETECTION_BUCKETS.to_vec()),
-        ));
+        let inflight = must(IntGauge::with_opts(opts(
+            "inflight_requests",
+            "Invocations being served",
+        )));
+        let queue_depth = must(IntGauge::with_opts(opts(
+            "queue_depth",
+            "Inference jobs waiting for a worker",
+        )));
+        let model_load_seconds = must(Gauge::with_opts(opts(
+            "model_load_seconds",
+            "Time taken to load the model",
+        )));
+        let model_ready = must(IntGauge::with_opts(opts(
+            "model_ready",
+            "1 when the model is loaded and serving",
+        )));
+        let detections = must(Histogram::with_opts(hopts(
+            "detections_per_image",
+            "Detections returned per image",
+            DETECTION_BUCKETS,
+        )));
         let execution_provider = must(GaugeVec::new(
-            Opts::new(
+            opts(
                 "execution_provider_info",
                 "The ONNX Runtime execution provider in use",
-            )
-            .namespace(namespace)
-            .const_labels(labels.clone()),
+            ),
             &["provider"],
         ));
         let discarded = must(IntCounterVec::new(
-            Opts::new(
+            opts(
                 "jobs_discarded_total",
                 "Inference jobs dropped without a result",
-            )
-            .namespace(namespace)
-            .const_labels(labels.clone()),
+            ),
             &["reason"],
         ));
-        let batch_size = must(Histogram::with_opts(
-            HistogramOpts::new("batch_size", "Images per graph run")
-                .namespace(namespace)
-                .const_labels(labels.clone())
-                .buckets(BATCH_BUCKETS.to_vec()),
-        ));
-        let batch_queue_wait = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "batch_queue_wait_seconds",
-                "Time a preprocessed image waited in the batcher for a backend",
-            )
-            .namespace(namespace)
-            .const_labels(labels.clone())
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        ));
+        let batch_size = must(Histogram::with_opts(hopts(
+            "batch_size",
+            "Images per graph run",
+            BATCH_BUCKETS,
+        )));
+        let batch_queue_wait = must(Histogram::with_opts(hopts(
+            "batch_queue_wait_seconds",
+            "Time a preprocessed image waited in the batcher for a backend",
+            LATENCY_BUCKETS,
+        )));
         let model_memory = must(IntGaugeVec::new(
-            Opts::new("model_memory_bytes", "Memory held by a loaded model")
-                .namespace(namespace)
-                .const_labels(labels.clone()),
+            opts("model_memory_bytes", "Memory held by a loaded model"),
             &["memory"],
         ));
         for c in [
@@ -184,6 +180,13 @@ impl Metrics {
             batch_queue_wait,
             model_memory,
         }
+    }
+
+    /// Sets `model_memory_bytes{memory=kind}`.
+    pub fn set_model_memory(&self, kind: &str, bytes: u64) {
+        self.model_memory
+            .with_label_values(&[kind])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Records the per-stage timings and detection count of one image.

@@ -61,7 +61,6 @@ pub struct Served {
     pub host_bytes: AtomicU64,
     /// GPU memory its ONNX Runtime arenas held after the warm-up (GPU providers only).
     pub gpu_bytes: Option<u64>,
-    pub loaded_at: Instant,
     pub load_seconds: f64,
 }
 
@@ -69,6 +68,15 @@ enum Slot {
     Loading,
     Ready(Arc<Served>),
     Unloading,
+}
+
+impl Slot {
+    fn ready(&self) -> Option<Arc<Served>> {
+        match self {
+            Slot::Ready(s) => Some(Arc::clone(s)),
+            _ => None,
+        }
+    }
 }
 
 /// Builds the engine of the model in a directory (the real loader, or a test double).
@@ -118,10 +126,6 @@ impl Registry {
         }
     }
 
-    pub fn budget(&self) -> Budget {
-        self.budget
-    }
-
     /// The loaded model `name`.
     pub fn get(&self, name: &str) -> Result<Arc<Served>, ModelError> {
         match lock(&self.slots).get(name) {
@@ -138,10 +142,7 @@ impl Registry {
         let mut ready = slots
             .iter()
             .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
-            .filter_map(|(_, slot)| match slot {
-                Slot::Ready(s) => Some(Arc::clone(s)),
-                _ => None,
-            });
+            .filter_map(|(_, slot)| slot.ready());
         let models: Vec<_> = ready.by_ref().take(limit.max(1)).collect();
         let next = if ready.next().is_some() {
             models.last().map(|m| m.name.clone())
@@ -153,13 +154,7 @@ impl Registry {
 
     /// Every loaded model (for /metrics).
     pub fn loaded(&self) -> Vec<Arc<Served>> {
-        lock(&self.slots)
-            .values()
-            .filter_map(|slot| match slot {
-                Slot::Ready(s) => Some(Arc::clone(s)),
-                _ => None,
-            })
-            .collect()
+        lock(&self.slots).values().filter_map(Slot::ready).collect()
     }
 
     /// Host and GPU bytes the loaded models hold, and how many there are.
@@ -246,7 +241,8 @@ impl Registry {
             .unwrap_or(0)
             .saturating_sub(before)
             .max(estimate);
-        let gpu_bytes = engine.arena().filter(|a| a.gpu).map(|a| a.bytes);
+        let arena = engine.arena();
+        let gpu_bytes = arena.filter(|a| a.gpu).map(|a| a.bytes);
         let refused = if used + took > self.budget.host {
             Some(host_short(took))
         } else {
@@ -268,28 +264,18 @@ impl Registry {
             .execution_provider
             .with_label_values(&[engine.provider()])
             .set(1.0);
-        metrics
-            .model_memory
-            .with_label_values(&["host"])
-            .set(i64::try_from(took).unwrap_or(i64::MAX));
-        let arena = engine.arena().map(|a| a.bytes);
+        metrics.set_model_memory("host", took);
         if let Some(a) = arena {
-            metrics
-                .model_memory
-                .with_label_values(&["arena"])
-                .set(i64::try_from(a).unwrap_or(i64::MAX));
+            metrics.set_model_memory("arena", a.bytes);
         }
         if let Some(g) = gpu_bytes {
-            metrics
-                .model_memory
-                .with_label_values(&["gpu"])
-                .set(i64::try_from(g).unwrap_or(i64::MAX));
+            metrics.set_model_memory("gpu", g);
         }
         tracing::info!(
             model = name,
             url,
             host_bytes = took,
-            arena_bytes = arena,
+            arena_bytes = arena.map(|a| a.bytes),
             load_seconds,
             provider = engine.provider(),
             "model loaded"
@@ -301,7 +287,6 @@ impl Registry {
             metrics,
             host_bytes: AtomicU64::new(took),
             gpu_bytes,
-            loaded_at: Instant::now(),
             load_seconds,
         }))
     }
@@ -367,12 +352,7 @@ mod tests {
         arena: Option<crate::backend::Arena>,
     ) -> anyhow::Result<Engine> {
         let m = Manifest::load(dir)?;
-        let levels = m
-            .anchors_per_location()
-            .into_iter()
-            .zip([4usize, 8, 16, 32, 64])
-            .collect();
-        let mut f = FakeBackend::new(levels, m.classes.len(), m.mask.size);
+        let mut f = FakeBackend::for_manifest(&m);
         f.arena = arena;
         let model = Arc::new(MaskRcnn::new(m, Layout::Split, 40_000_000));
         Ok(Engine::start(

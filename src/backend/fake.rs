@@ -65,6 +65,18 @@ pub struct FakeCalls {
 }
 
 impl FakeBackend {
+    /// A backend shaped like `manifest`'s model: its anchors per FPN level (strides 4–64),
+    /// classes and mask size.
+    pub fn for_manifest(manifest: &crate::model::Manifest) -> Self {
+        let strides = [4usize, 8, 16, 32, 64];
+        let levels = manifest
+            .anchors_per_location()
+            .into_iter()
+            .zip(strides)
+            .collect();
+        Self::new(levels, manifest.classes.len(), manifest.mask.size)
+    }
+
     pub fn new(levels: Vec<(usize, usize)>, num_classes: usize, mask_size: usize) -> Self {
         FakeBackend {
             levels,

@@ -80,37 +80,12 @@ struct Sample {
 
 /// torchvision's `bilinear_interpolate` precomputation (roi_align_kernel.cpp); `None` for a
 /// point outside the map, which contributes 0.
-fn sample(height: usize, width: usize, mut y: f32, mut x: f32) -> Option<Sample> {
-    let (h, w) = (height as f32, width as f32);
-    if y < -1.0 || y > h || x < -1.0 || x > w {
+fn sample(height: usize, width: usize, y: f32, x: f32) -> Option<Sample> {
+    if y < -1.0 || y > height as f32 || x < -1.0 || x > width as f32 {
         return None;
     }
-    if y <= 0.0 {
-        y = 0.0;
-    }
-    if x <= 0.0 {
-        x = 0.0;
-    }
-    let mut y_low = y as usize;
-    let mut x_low = x as usize;
-    let y_high;
-    let x_high;
-    if y_low >= height - 1 {
-        y_low = height - 1;
-        y_high = y_low;
-        y = y_low as f32;
-    } else {
-        y_high = y_low + 1;
-    }
-    if x_low >= width - 1 {
-        x_low = width - 1;
-        x_high = x_low;
-        x = x_low as f32;
-    } else {
-        x_high = x_low + 1;
-    }
-    let ly = y - y_low as f32;
-    let lx = x - x_low as f32;
+    let (y_low, y_high, ly) = axis(y, height);
+    let (x_low, x_high, lx) = axis(x, width);
     let hy = 1.0 - ly;
     let hx = 1.0 - lx;
     Some(Sample {
@@ -122,6 +97,18 @@ fn sample(height: usize, width: usize, mut y: f32, mut x: f32) -> Option<Sample>
         ],
         w: [hy * hx, hy * lx, ly * hx, ly * lx],
     })
+}
+
+/// One coordinate of `bilinear_interpolate` on an axis of `size` cells: the two neighbours and
+/// the weight of the far one. Below 0 reads cell 0; at or past the last cell reads the last.
+fn axis(v: f32, size: usize) -> (usize, usize, f32) {
+    let v = v.max(0.0);
+    let low = v as usize;
+    if low >= size - 1 {
+        (size - 1, size - 1, 0.0)
+    } else {
+        (low, low + 1, v - low as f32)
+    }
 }
 
 /// `torchvision.ops.roi_align(aligned=False)` of one box `[x1, y1, x2, y2]` (image coordinates)

@@ -14,15 +14,9 @@ fn manifest() -> Manifest {
     Manifest::load(&dir).expect("models/shapes/model.json")
 }
 
-fn fake(m: &Manifest) -> FakeBackend {
-    let strides = [4usize, 8, 16, 32, 64];
-    let levels = m.anchors_per_location().into_iter().zip(strides).collect();
-    FakeBackend::new(levels, m.classes.len(), m.mask.size)
-}
-
 fn start(backends: usize, cfg: EngineConfig) -> (Engine, FakeBackend) {
     let m = manifest();
-    let f = fake(&m);
+    let f = FakeBackend::for_manifest(&m);
     let model = Arc::new(MaskRcnn::new(m, Layout::Split, 40_000_000));
     let list = (0..backends).map(|_| f.sibling()).collect();
     let engine = Engine::start(model, list, cfg, Arc::new(Metrics::new("test"))).unwrap();

@@ -182,10 +182,7 @@ async fn metrics_page(state: web::Data<AppState>) -> HttpResponse {
             for s in &loaded {
                 // The arenas grow with the shapes a model meets: read them at each scrape.
                 if let Some(a) = s.engine.arena() {
-                    s.metrics
-                        .model_memory
-                        .with_label_values(&["arena"])
-                        .set(i64::try_from(a.bytes).unwrap_or(i64::MAX));
+                    s.metrics.set_model_memory("arena", a.bytes);
                 }
             }
             let mut all: Vec<&Metrics> = vec![&state.metrics];

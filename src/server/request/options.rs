@@ -139,34 +139,27 @@ pub fn read_custom_attributes(header: &str) -> CustomAttributes {
         };
         let Some(k) = option_key(key) else { continue };
         let o = &mut out.overrides;
+        // Each value is parsed once: applied when valid, named in `invalid` otherwise.
         let (name, applied) = match k {
             OptKey::Score => {
-                o.score_threshold = parse_threshold(value).or(o.score_threshold);
-                (
-                    "score_threshold",
-                    parse_threshold(value).map(|v| v.to_string()),
-                )
+                let v = parse_threshold(value);
+                o.score_threshold = v.or(o.score_threshold);
+                ("score_threshold", v.map(|v| v.to_string()))
             }
             OptKey::Mask => {
-                o.mask_threshold = parse_threshold(value).or(o.mask_threshold);
-                (
-                    "mask_threshold",
-                    parse_threshold(value).map(|v| v.to_string()),
-                )
+                let v = parse_threshold(value);
+                o.mask_threshold = v.or(o.mask_threshold);
+                ("mask_threshold", v.map(|v| v.to_string()))
             }
             OptKey::MaxDet => {
-                o.max_detections = parse_max_detections(value).or(o.max_detections);
-                (
-                    "max_detections",
-                    parse_max_detections(value).map(|v| v.to_string()),
-                )
+                let v = parse_max_detections(value);
+                o.max_detections = v.or(o.max_detections);
+                ("max_detections", v.map(|v| v.to_string()))
             }
             OptKey::Format => {
-                o.mask_format = parse_mask_format(value).or(o.mask_format);
-                (
-                    "mask_format",
-                    parse_mask_format(value).map(mask_format_name),
-                )
+                let v = parse_mask_format(value);
+                o.mask_format = v.or(o.mask_format);
+                ("mask_format", v.map(|f| mask_format_name(f).to_string()))
             }
         };
         match applied {
@@ -181,14 +174,13 @@ pub fn read_custom_attributes(header: &str) -> CustomAttributes {
     out
 }
 
-fn mask_format_name(f: MaskFormat) -> String {
+fn mask_format_name(f: MaskFormat) -> &'static str {
     match f {
         MaskFormat::Rle => "rle",
         MaskFormat::Polygon => "polygon",
         MaskFormat::Png => "png",
         MaskFormat::None => "none",
     }
-    .into()
 }
 
 /// The option overrides of `X-Amzn-SageMaker-Custom-Attributes` (see [`read_custom_attributes`]).
