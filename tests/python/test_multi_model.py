@@ -8,7 +8,6 @@ import base64
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,27 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from release_binary import binary, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "models/shapes"
 SAMPLE = (FIXTURE / "samples/00000.png").read_bytes()
 FIXTURE_CLASSES = {"circle", "square", "triangle"}
 OTHER_CLASSES = {f"class{i}" for i in range(1, 6)}
-
-
-def _binary() -> Path:
-    path = Path(os.environ.get("MASKSERVE_BIN", REPO / "target/release/maskserve"))
-    if not path.exists():
-        pytest.fail(
-            f"{path} not built: run cargo build --release (scripts/test.sh does)"
-        )
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -53,11 +38,12 @@ class Reply:
 
 
 class Server:
-    def __init__(self, *args: str) -> None:
-        self.port = _free_port()
-        env = {**os.environ, "SAGEMAKER_MULTI_MODEL": "true", "MASKSERVE_LOG": "warn"}
+    def __init__(self, *args: str, multi_model: bool = True) -> None:
+        self.port = free_port()
+        mode = "true" if multi_model else "false"
+        env = {**os.environ, "SAGEMAKER_MULTI_MODEL": mode, "MASKSERVE_LOG": "warn"}
         self.proc = subprocess.Popen(
-            [str(_binary()), "serve", "--port", str(self.port), *args],
+            [str(binary()), "serve", "--port", str(self.port), *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -368,31 +354,10 @@ def test_memory_budget_answers_507(other_model: Path) -> None:
 
 
 def test_single_model_mode_has_no_model_api() -> None:
-    port = _free_port()
-    env = {**os.environ, "SAGEMAKER_MULTI_MODEL": "false", "MASKSERVE_LOG": "warn"}
-    proc = subprocess.Popen(
-        [str(_binary()), "serve", "--port", str(port), "--model", str(FIXTURE)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    s = Server("--model", str(FIXTURE), multi_model=False)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/ping")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/models")
-        r = conn.getresponse()
+        r = s.request("GET", "/models")
         assert r.status == 404
-        assert "SAGEMAKER_MULTI_MODEL" in json.loads(r.read())["error"]
+        assert "SAGEMAKER_MULTI_MODEL" in r.json()["error"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        s.stop()

@@ -6,26 +6,17 @@ values equal to float precision."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+from release_binary import binary
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import LevelMapper, _setup_scales
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _binary() -> Path:
-    path = Path(os.environ.get("MASKSERVE_BIN", REPO / "target/release/maskserve"))
-    if not path.exists():
-        pytest.fail(
-            f"{path} not built: run cargo build --release (scripts/test.sh does)"
-        )
-    return path
 
 
 def _boxes(g: torch.Generator, h: int, w: int, n: int) -> torch.Tensor:
@@ -79,7 +70,7 @@ def test_multi_scale_roi_align_matches_torchvision(output_size: int) -> None:
         "sampling_ratio": 2,
     }
     out = subprocess.run(
-        [str(_binary()), "debug-roi-align"],
+        [str(binary()), "debug-roi-align"],
         input=json.dumps(request),
         capture_output=True,
         text=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 EXPORT = REPO / "model-export"
 sys.path.insert(0, str(EXPORT))
 
 from maskexport.shapes import write_dataset
-
-
-def _binary() -> Path:
-    path = Path(os.environ.get("MASKSERVE_BIN", REPO / "target/release/maskserve"))
-    if not path.exists():
-        pytest.fail(
-            f"{path} not built: run cargo build --release (scripts/test.sh does)"
-        )
-    return path
+from release_binary import binary, free_port
 
 
 def _sagemaker_train(root: Path, hyperparameters: dict) -> subprocess.CompletedProcess:
@@ -46,12 +35,6 @@ def _sagemaker_train(root: Path, hyperparameters: dict) -> subprocess.CompletedP
         timeout=900,
         check=False,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_training_failure_is_reported(tmp_path: Path) -> None:
@@ -81,7 +64,7 @@ def test_train_then_serve(tmp_path: Path) -> None:
         model_dir / "checkpoint.pt"
     ).exists()
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SAGEMAKER_BIND_TO_PORT": str(port),
@@ -91,7 +74,7 @@ def test_train_then_serve(tmp_path: Path) -> None:
     log_path = tmp_path / "server.log"
     log = log_path.open("w")
     server = subprocess.Popen(
-        [str(_binary()), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [str(binary()), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.time() + 120
