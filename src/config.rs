@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::backend::ort::{default_intra_threads, Device, OrtConfig, Provider, SessionOptions};
 use crate::engine::EngineConfig;
-use crate::model::Layout;
+use crate::model::{Layout, RoiAlign};
 use crate::pipeline::DEFAULT_MAX_PIXELS;
 use crate::server::http::{ExecutionParameters, HttpSettings};
 use crate::server::request::negotiation::JSON;
@@ -117,6 +117,12 @@ pub struct ModelArgs {
     /// Graph layout: split (three graphs, Rust NMS/paste) or single (maskrcnn.onnx).
     #[arg(long, env = "MASKSERVE_LAYOUT", value_enum, default_value_t = Layout::Split)]
     pub layout: Layout,
+    /// Where a per-level export's RoIAlign runs: graph (its RoIAlign graphs on the execution
+    /// provider) or rust (maskserve's own kernel on the backend's threads, then the head
+    /// graphs). Default: rust on CPU, graph on GPU (features stay on the device). Models
+    /// exported with dense pooling always pool inside their head graphs.
+    #[arg(long, env = "MASKSERVE_ROI_ALIGN", value_enum)]
+    pub roi_align: Option<RoiAlign>,
     /// Path of libonnxruntime.so.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
@@ -227,6 +233,11 @@ impl ModelArgs {
             ort: OrtConfig {
                 lib: self.ort_lib.clone(),
                 device: self.device,
+                roi_align: self.roi_align.unwrap_or(if gpu {
+                    RoiAlign::Graph
+                } else {
+                    RoiAlign::Rust
+                }),
                 session: SessionOptions {
                     intra_threads: Some(threads),
                     spinning: self.ort_spinning,

@@ -54,6 +54,7 @@ pub fn load(
         model = %manifest.name,
         model_dir = %plan.model_dir.display(),
         layout = ?plan.layout,
+        roi_align = backends.first().map_or("", |b| b.roi_align()),
         cpus,
         backends = plan.backends,
         intra_threads = ?plan.ort.session.intra_threads,

@@ -282,38 +282,41 @@ struct RoiAlignInput {
 }
 
 fn roi_align() -> Result<ExitCode> {
-    use maskserve::detection::poolers::{multi_scale_roi_align, setup_scales, FeatureMap};
+    use maskserve::backend::Roi;
+    use maskserve::detection::poolers::{multi_scale_roi_align_batch, setup_scales, LevelFeatures};
     let input: RoiAlignInput = serde_json::from_reader(std::io::stdin().lock())?;
     let max_h = input.image_sizes.iter().map(|s| s.0).max().unwrap_or(1);
     let max_w = input.image_sizes.iter().map(|s| s.1).max().unwrap_or(1);
     let (scales, mapper) = setup_scales(&input.level_sizes, (max_h, max_w));
-    let mut levels = Vec::new();
-    let mut pooled = Vec::new();
-    for (i, boxes) in input.boxes.iter().enumerate() {
-        let maps: Vec<FeatureMap> = input
-            .features
-            .iter()
-            .zip(&input.level_sizes)
-            .map(|(data, &(height, width))| {
-                let n = input.channels * height * width;
-                FeatureMap {
-                    data: &data[i * n..(i + 1) * n],
-                    channels: input.channels,
-                    height,
-                    width,
-                }
-            })
-            .collect();
-        levels.extend(boxes.iter().map(|b| mapper.level(*b)));
-        pooled.extend(multi_scale_roi_align(
-            &maps,
-            &scales,
-            &mapper,
-            boxes,
-            input.output_size,
-            input.sampling_ratio,
-        ));
-    }
+    let levels: Vec<LevelFeatures> = input
+        .features
+        .iter()
+        .zip(&input.level_sizes)
+        .map(|(data, &(height, width))| LevelFeatures {
+            data,
+            batch: input.boxes.len(),
+            channels: input.channels,
+            height,
+            width,
+        })
+        .collect();
+    let rois: Vec<Roi> = input
+        .boxes
+        .iter()
+        .enumerate()
+        .flat_map(|(image, b)| b.iter().map(move |&bbox| Roi { image, bbox }))
+        .collect();
+    let level_of: Vec<usize> = rois.iter().map(|r| mapper.level(r.bbox)).collect();
+    // Three threads, so that the split across threads is exercised too.
+    let pooled = multi_scale_roi_align_batch(
+        &levels,
+        &input.image_sizes,
+        &rois,
+        input.output_size,
+        input.sampling_ratio,
+        3,
+    )?;
+    let levels = level_of;
     let out = serde_json::json!({"scales": scales, "levels": levels, "pooled": pooled});
     writeln!(std::io::stdout().lock(), "{out}")?;
     Ok(ExitCode::SUCCESS)

@@ -42,9 +42,29 @@ fn default_channel_order() -> String {
     "RGB".into()
 }
 
+/// How the heads' multi-scale RoIAlign is exported (`graphs.roi_pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoiPooling {
+    /// The first format: `box_head`/`mask_head` take the features and `rois`, and pool every
+    /// RoI on every level inside the graph.
+    #[default]
+    Dense,
+    /// `box_roi_align`/`mask_roi_align` pool the RoIs the server grouped by level (`rois.i` on
+    /// `features.i`), and `box_head`/`mask_head` take the `pooled` tensor; the server can also
+    /// pool in Rust and run only the head graphs.
+    PerLevel,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Graphs {
     pub backbone_rpn: String,
+    #[serde(default)]
+    pub roi_pooling: RoiPooling,
+    #[serde(default)]
+    pub box_roi_align: Option<String>,
+    #[serde(default)]
+    pub mask_roi_align: Option<String>,
     pub box_head: String,
     pub mask_head: String,
     #[serde(default)]
@@ -70,6 +90,14 @@ pub struct RpnConfig {
 pub struct RoiHeadsConfig {
     #[serde(default)]
     pub featmap_strides: Vec<f64>,
+    #[serde(default = "default_box_roi")]
+    pub box_roi_output_size: usize,
+    #[serde(default = "default_sampling")]
+    pub box_sampling_ratio: usize,
+    #[serde(default = "default_mask_roi")]
+    pub mask_roi_output_size: usize,
+    #[serde(default = "default_sampling")]
+    pub mask_sampling_ratio: usize,
     pub box_coder_weights: [f64; 4],
     pub score_thresh: f64,
     pub nms_thresh: f64,
@@ -82,18 +110,48 @@ fn default_det_min_size() -> f64 {
     1e-2
 }
 
+fn default_box_roi() -> usize {
+    7
+}
+
+fn default_mask_roi() -> usize {
+    14
+}
+
+fn default_sampling() -> usize {
+    2
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct MaskConfig {
     pub size: usize,
     pub threshold: f64,
 }
 
-/// Which graphs run: the three split graphs with Rust stages between them, or the single graph.
+/// Which graphs run: the split graphs with Rust stages between them, or the single graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Layout {
     #[default]
     Split,
     Single,
+}
+
+/// Where a per-level model's RoIAlign runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoiAlign {
+    /// The export's `box_roi_align`/`mask_roi_align` graphs on the runtime, next to the features.
+    Graph,
+    /// maskserve's own MultiScaleRoIAlign (torchvision's CPU kernel), then the head graphs.
+    Rust,
+}
+
+impl std::fmt::Display for RoiAlign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoiAlign::Graph => "graph",
+            RoiAlign::Rust => "rust",
+        })
+    }
 }
 
 impl Manifest {
@@ -157,6 +215,25 @@ impl Manifest {
         if g.feature_names.is_empty() {
             bail!("graphs.feature_names is empty");
         }
+        if g.roi_pooling == RoiPooling::PerLevel {
+            if g.box_roi_align.is_none() || g.mask_roi_align.is_none() {
+                bail!("graphs.roi_pooling per_level needs graphs.box_roi_align and graphs.mask_roi_align");
+            }
+            let strides = &self.roi_heads.featmap_strides;
+            if strides.len() != g.feature_names.len()
+                || strides.iter().any(|s| *s < 1.0 || s.log2().fract() != 0.0)
+            {
+                bail!(
+                    "graphs.roi_pooling per_level needs roi_heads.featmap_strides: one power of two \
+                     per feature map ({} feature maps, strides {strides:?})",
+                    g.feature_names.len()
+                );
+            }
+            let r = &self.roi_heads;
+            if r.box_roi_output_size == 0 || r.mask_roi_output_size == 0 {
+                bail!("roi_heads.box_roi_output_size and mask_roi_output_size must be positive");
+            }
+        }
         for (s, r) in self.rpn.anchor_sizes.iter().zip(&self.rpn.aspect_ratios) {
             if s.is_empty() || r.is_empty() || s.iter().chain(r).any(|v| *v <= 0.0) {
                 bail!("anchor sizes and aspect ratios must be non-empty and positive");
@@ -194,14 +271,25 @@ impl Manifest {
             .collect()
     }
 
-    /// Graph files of a layout, checked to exist.
-    pub fn graph_paths(&self, dir: &Path, layout: Layout) -> Result<Vec<PathBuf>> {
+    /// Graph files of a layout, checked to exist: the single graph, or `backbone_rpn`,
+    /// `box_head`, `mask_head` and, where RoIAlign runs as graphs, `box_roi_align` and
+    /// `mask_roi_align`.
+    pub fn graph_paths(
+        &self,
+        dir: &Path,
+        layout: Layout,
+        roi_align: RoiAlign,
+    ) -> Result<Vec<PathBuf>> {
+        let g = &self.graphs;
         let names: Vec<&str> = match layout {
-            Layout::Split => vec![
-                &self.graphs.backbone_rpn,
-                &self.graphs.box_head,
-                &self.graphs.mask_head,
-            ],
+            Layout::Split => {
+                let mut names = vec![g.backbone_rpn.as_str(), &g.box_head, &g.mask_head];
+                if g.roi_pooling == RoiPooling::PerLevel && roi_align == RoiAlign::Graph {
+                    names.extend(g.box_roi_align.as_deref());
+                    names.extend(g.mask_roi_align.as_deref());
+                }
+                names
+            }
             Layout::Single => match &self.graphs.single {
                 Some(s) => vec![s.as_str()],
                 None => bail!("layout single requested but model.json has no graphs.single"),
@@ -245,6 +333,22 @@ mod tests {
         let m: Manifest = serde_json::from_str(EXAMPLE).unwrap();
         m.validate().unwrap();
         assert_eq!(m.anchors_per_location(), vec![3, 3]);
+    }
+
+    #[test]
+    fn per_level_needs_its_graphs_and_strides() {
+        let mut m: Manifest = serde_json::from_str(EXAMPLE).unwrap();
+        assert_eq!(m.graphs.roi_pooling, RoiPooling::Dense);
+        assert_eq!(m.roi_heads.box_roi_output_size, 7);
+        m.graphs.roi_pooling = RoiPooling::PerLevel;
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("box_roi_align"), "{e}");
+        m.graphs.box_roi_align = Some("p.onnx".into());
+        m.graphs.mask_roi_align = Some("q.onnx".into());
+        m.validate().unwrap();
+        m.roi_heads.featmap_strides = vec![6.0];
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("power of two"), "{e}");
     }
 
     #[test]

@@ -323,7 +323,8 @@ impl Registry {
 /// but one copy is what any load takes at least).
 fn graph_bytes(manifest: &Manifest, dir: &Path, layout: Layout) -> u64 {
     manifest
-        .graph_paths(dir, layout)
+        // The RoIAlign graphs, where they run, weigh nothing next to the others.
+        .graph_paths(dir, layout, crate::model::RoiAlign::Rust)
         .unwrap_or_default()
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())

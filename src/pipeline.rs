@@ -248,7 +248,7 @@ impl MaskRcnn {
         let rois = rois_of(proposals.iter().map(|p| p.iter().copied()));
         if !rois.is_empty() {
             let t = Instant::now();
-            let head = backend.box_head(features, &rois)?;
+            let head = backend.box_head(features, &rois, &images.image_sizes)?;
             timings.box_head = ms(t);
             let t = Instant::now();
             let classes = self.manifest.classes.len();
@@ -287,7 +287,7 @@ impl MaskRcnn {
                 .iter()
                 .flat_map(|d| d.iter().map(|r| r.label as i64))
                 .collect();
-            let logits = backend.mask_head(features, &rois, &labels)?;
+            let logits = backend.mask_head(features, &rois, &labels, &images.image_sizes)?;
             if logits.len() != rois.len() * m * m {
                 return Err(PredictError::Inference(format!(
                     "mask head gave {} values for {} rois of {m}×{m}",

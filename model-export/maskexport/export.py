@@ -19,7 +19,10 @@ from .graphs import (
     CANONICAL_SCALE,
     BackboneRPN,
     BoxHead,
+    LevelRoIAlign,
     MaskHead,
+    PooledBoxHead,
+    PooledMaskHead,
     SingleGraph,
     feature_strides,
 )
@@ -28,20 +31,35 @@ from .model import build_model, load_checkpoint, save_checkpoint
 OPSET = 11
 FORMAT_VERSION = 1
 FORBIDDEN_OPS = {"NonMaxSuppression", "Loop", "If", "NonZero", "TopK"}
+ROI_POOLING = ("per_level", "dense")
+# The graphs of the split layout, by roi_pooling.
+SPLIT_GRAPHS = {
+    "per_level": ("backbone_rpn", "box_roi_align", "box_head", "mask_roi_align", "mask_head"),
+    "dense": ("backbone_rpn", "box_head", "mask_head"),
+}
 
 
-def manifest(model: MaskRCNN, name: str, arch: str, classes: list[str], single: bool) -> dict:
+def manifest(
+    model: MaskRCNN, name: str, arch: str, classes: list[str], single: bool, roi_pooling: str = "per_level"
+) -> dict:
+    if roi_pooling not in ROI_POOLING:
+        raise ValueError(f"roi_pooling must be one of {ROI_POOLING}")
     t, rpn, roi = model.transform, model.rpn, model.roi_heads
     levels = len(rpn.anchor_generator.sizes)
     n_feats = len(roi.box_roi_pool.featmap_names)
-    graphs: dict = {
-        "backbone_rpn": "backbone_rpn.onnx",
-        "box_head": "box_head.onnx",
-        "mask_head": "mask_head.onnx",
-        "feature_names": [f"features.{i}" for i in range(n_feats)],
-        "objectness_names": [f"objectness.{i}" for i in range(levels)],
-        "bbox_deltas_names": [f"bbox_deltas.{i}" for i in range(levels)],
-    }
+    graphs: dict = {"backbone_rpn": "backbone_rpn.onnx", "roi_pooling": roi_pooling}
+    if roi_pooling == "per_level":
+        graphs["box_roi_align"] = "box_roi_align.onnx"
+        graphs["mask_roi_align"] = "mask_roi_align.onnx"
+    graphs.update(
+        {
+            "box_head": "box_head.onnx",
+            "mask_head": "mask_head.onnx",
+            "feature_names": [f"features.{i}" for i in range(n_feats)],
+            "objectness_names": [f"objectness.{i}" for i in range(levels)],
+            "bbox_deltas_names": [f"bbox_deltas.{i}" for i in range(levels)],
+        }
+    )
     if single:
         graphs["single"] = "maskrcnn.onnx"
     mask_pool = roi.mask_roi_pool.output_size[0]
@@ -127,8 +145,11 @@ def export_split(model: MaskRCNN, out: Path, m: dict) -> None:
     _export(bb, (images,), out / g["backbone_rpn"], ["images"], feats_n + obj_n + del_n, dyn)
     with torch.no_grad():
         feats = bb(images)[: len(feats_n)]
-    rois = torch.tensor([[0, 10, 10, 90, 120], [1, 0, 0, 200, 250], [0, 30, 40, 35, 44]], dtype=torch.float32)
     feat_dyn = {n: {0: "batch", 2: f"h{i}", 3: f"w{i}"} for i, n in enumerate(feats_n)}
+    if g["roi_pooling"] == "per_level":
+        export_per_level(model, out, g, feats, feat_dyn)
+        return
+    rois = torch.tensor([[0, 10, 10, 90, 120], [1, 0, 0, 200, 250], [0, 30, 40, 35, 44]], dtype=torch.float32)
     _export(
         BoxHead(model).eval(),
         (*feats, rois),
@@ -146,6 +167,44 @@ def export_split(model: MaskRCNN, out: Path, m: dict) -> None:
         ["mask_logits"],
         {**feat_dyn, "rois": {0: "k"}, "labels": {0: "k"}, "mask_logits": {0: "k"}},
     )
+
+
+def export_per_level(
+    model: MaskRCNN, out: Path, g: dict, feats: tuple, feat_dyn: dict[str, dict[int, str]]
+) -> None:
+    """RoIAlign per level (no weights) and the heads on pooled tensors."""
+    feats_n = g["feature_names"]
+    strides = feature_strides(model)
+    roi_n = [f"rois.{i}" for i in range(len(feats_n))]
+    # A few RoIs on every level but one, which is empty as it often is at serving time.
+    rois = [
+        torch.tensor([[0, 10, 10, 40, 50]] * (i + 1), dtype=torch.float32) if i != 2 else torch.zeros(0, 5)
+        for i in range(len(feats_n))
+    ]
+    roi_dyn = {n: {0: f"k{i}"} for i, n in enumerate(roi_n)}
+    rh = model.roi_heads
+    heads = [
+        ("box_roi_align", rh.box_roi_pool, "box_head", PooledBoxHead(model), ["class_logits", "box_regression"]),
+        ("mask_roi_align", rh.mask_roi_pool, "mask_head", PooledMaskHead(model), ["mask_logits"]),
+    ]
+    for pool_key, pool, head_key, head, outputs in heads:
+        align = LevelRoIAlign(pool.output_size[0], pool.sampling_ratio, strides).eval()
+        _export(
+            align,
+            (*feats, *rois),
+            out / g[pool_key],
+            [*feats_n, *roi_n],
+            ["pooled"],
+            {**feat_dyn, **roi_dyn, "pooled": {0: "k"}},
+        )
+        with torch.no_grad():
+            pooled = align(*feats, *rois)
+        k = {n: {0: "k"} for n in ["pooled", *outputs]}
+        if head_key == "mask_head":
+            labels = torch.ones(pooled.shape[0], dtype=torch.int64)
+            _export(head.eval(), (pooled, labels), out / g[head_key], ["pooled", "labels"], outputs, {**k, "labels": {0: "k"}})
+        else:
+            _export(head.eval(), (pooled,), out / g[head_key], ["pooled"], outputs, k)
 
 
 def export_single(model: MaskRCNN, out: Path, name: str) -> None:
@@ -216,13 +275,14 @@ def export_model_dir(
     samples: list[Path] | None = None,
     single: bool = True,
     checkpoint: Path | None = None,
+    roi_pooling: str = "per_level",
 ) -> dict:
     """Write the whole model directory; returns the manifest."""
     model = model.eval()
     out.mkdir(parents=True, exist_ok=True)
-    m = manifest(model, name, arch, classes, single)
+    m = manifest(model, name, arch, classes, single, roi_pooling)
     export_split(model, out, m)
-    for key in ("backbone_rpn", "box_head", "mask_head"):
+    for key in SPLIT_GRAPHS[roi_pooling]:
         bad = graph_ops(out / m["graphs"][key]) & FORBIDDEN_OPS
         if bad:
             raise RuntimeError(f"{key} graph contains data-dependent ops {sorted(bad)}")
@@ -262,6 +322,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name")
     p.add_argument("--samples", type=Path, nargs="*", default=[])
     p.add_argument("--no-single", action="store_true", help="skip the single-graph layout")
+    p.add_argument(
+        "--roi-pooling",
+        choices=["per-level", "dense"],
+        default="per-level",
+        help="per-level: RoIAlign graphs per FPN level + head graphs on pooled tensors (default); "
+        "dense: the first format, every RoI pooled on every level inside the head graphs",
+    )
     p.add_argument("--detections", type=int, help="override detections per image")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -292,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         sorted(a.samples),
         single=not a.no_single,
         checkpoint=a.out / "checkpoint.pt" if a.checkpoint else None,
+        roi_pooling=a.roi_pooling.replace("-", "_"),
     )
     print(a.out)
 

@@ -1,9 +1,15 @@
-"""Dense export wrappers: the pieces of a torchvision Mask R-CNN that become ONNX graphs.
+"""Export wrappers: the pieces of a torchvision Mask R-CNN that become ONNX graphs.
 
 The split stops exactly where data-dependent work starts (top-k, NMS, paste), which the server
-does itself. Multi-scale RoIAlign is made dense: every RoI is pooled on every level and the
-level that torchvision's ``LevelMapper`` picks is selected by a 0/1 mask (adding exact zeros,
-so the result is identical to torchvision's gather/scatter version).
+does itself. Multi-scale RoIAlign comes in two layouts (``graphs.roi_pooling`` in model.json):
+
+- ``per_level`` (the default): the server assigns each RoI its level (torchvision's
+  ``LevelMapper``) and groups them; ``LevelRoIAlign`` pools each group from its own level only,
+  and the box and mask heads are separate graphs on the pooled ``[K, C, S, S]`` tensor, so a
+  runtime without RoiAlign can pool in Rust and run the same head graphs.
+- ``dense`` (the first format): every RoI is pooled on every level and the level is selected
+  by a 0/1 mask inside the head graph (adding exact zeros, identical to torchvision's
+  gather/scatter); four times the pooling work.
 """
 
 from __future__ import annotations
@@ -48,6 +54,57 @@ class DenseMultiScaleRoIAlign(nn.Module):
             out = pooled * sel if out is None else out + pooled * sel
         assert out is not None
         return out
+
+
+class LevelRoIAlign(nn.Module):
+    """features.i + rois.i (the RoIs the server assigned to level i, ``[K_i, 5]``) for each level
+    → pooled ``[ΣK_i, C, S, S]``, the levels' RoIs one after the other."""
+
+    def __init__(self, output_size: int, sampling_ratio: int, strides: list[int]) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.scales = [1.0 / s for s in strides]
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        n = len(self.scales)
+        feats, rois = args[:n], args[n:]
+        size = (self.output_size, self.output_size)
+        pooled = [
+            roi_align(f, r, size, scale, self.sampling_ratio, False)
+            for f, r, scale in zip(feats, rois, self.scales)
+        ]
+        return torch.cat(pooled, 0)
+
+
+class PooledBoxHead(nn.Module):
+    """pooled [K,C,7,7] → class logits [K,C'], box regression [K,C'*4]."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.head = model.roi_heads.box_head
+        self.predictor = model.roi_heads.box_predictor
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictor(self.head(pooled))
+
+
+class PooledMaskHead(nn.Module):
+    """pooled [K,C,14,14] + labels [K] → mask logits [K,1,M,M] of each RoI's label."""
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.head = model.roi_heads.mask_head
+        self.predictor = model.roi_heads.mask_predictor
+
+    def forward(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return select_label(self.predictor(self.head(pooled)), labels)
+
+
+def select_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    m = logits.shape[-1]
+    index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
+    return torch.gather(logits, 1, index)
 
 
 def feature_strides(model: MaskRCNN) -> list[int]:
@@ -98,10 +155,7 @@ class MaskHead(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         feats, rois, labels = list(args[:-2]), args[-2], args[-1]
-        logits = self.predictor(self.head(self.pool(feats, rois)))
-        m = logits.shape[-1]
-        index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m)
-        return torch.gather(logits, 1, index)
+        return select_label(self.predictor(self.head(self.pool(feats, rois))), labels)
 
 
 class SingleGraph(nn.Module):

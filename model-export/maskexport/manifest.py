@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .export import FORMAT_VERSION
+from .export import FORMAT_VERSION, SPLIT_GRAPHS
 
 
 class ManifestError(ValueError):
@@ -31,7 +31,9 @@ def validate(model_dir: Path) -> dict:
     _require(0 < pre["min_size"] <= pre["max_size"], "0 < min_size <= max_size")
     _require(pre["size_divisible"] >= 1, "size_divisible >= 1")
     g = m["graphs"]
-    for key in ("backbone_rpn", "box_head", "mask_head"):
+    pooling = g.get("roi_pooling", "dense")
+    _require(pooling in SPLIT_GRAPHS, f"graphs.roi_pooling must be one of {sorted(SPLIT_GRAPHS)}")
+    for key in SPLIT_GRAPHS[pooling]:
         _require((model_dir / g[key]).is_file(), f"graphs.{key}: {g[key]} missing")
     if "single" in g:
         _require((model_dir / g["single"]).is_file(), f"graphs.single: {g['single']} missing")

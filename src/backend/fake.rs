@@ -168,6 +168,7 @@ impl Backend for FakeBackend {
         &mut self,
         features: &Vec<Integral>,
         rois: &[Roi],
+        _image_sizes: &[(usize, usize)],
     ) -> Result<BoxHeadOutput, BackendError> {
         let c = self.num_classes;
         let mut class_logits = Vec::with_capacity(rois.len() * c);
@@ -194,6 +195,7 @@ impl Backend for FakeBackend {
         features: &Vec<Integral>,
         rois: &[Roi],
         labels: &[i64],
+        _image_sizes: &[(usize, usize)],
     ) -> Result<Vec<f32>, BackendError> {
         let m = self.mask_size;
         let mut out = Vec::with_capacity(rois.len() * m * m);

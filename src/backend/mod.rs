@@ -103,11 +103,14 @@ pub trait Backend: Send + 'static {
         images: &Batch,
     ) -> Result<BackboneOutput<Self::Features>, BackendError>;
 
-    /// Graph (b): multi-scale RoIAlign + box head on the RoIs of the batch.
+    /// Graph (b): multi-scale RoIAlign + box head on the RoIs of the batch, in their order.
+    /// `image_sizes` are the resized (unpadded) sizes, from which torchvision's
+    /// MultiScaleRoIAlign infers its scales.
     fn box_head(
         &mut self,
         features: &Self::Features,
         rois: &[Roi],
+        image_sizes: &[(usize, usize)],
     ) -> Result<BoxHeadOutput, BackendError>;
 
     /// Graph (c): the mask logits `[N, 1, M, M]` of each detection's class.
@@ -116,6 +119,7 @@ pub trait Backend: Send + 'static {
         features: &Self::Features,
         rois: &[Roi],
         labels: &[i64],
+        image_sizes: &[(usize, usize)],
     ) -> Result<Vec<f32>, BackendError>;
 
     /// The single graph on one image `[3, h, w]` (values scaled to [0, 1], not normalised).

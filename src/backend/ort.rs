@@ -19,8 +19,11 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use super::{
     Arena, BackboneOutput, Backend, BackendError, BoxHeadOutput, Roi, RpnLevel, SingleOutput,
 };
+use crate::detection::poolers::{
+    mapper_for_strides, multi_scale_roi_align_batch, LevelFeatures, LevelGroups, LevelMapper,
+};
 use crate::detection::transform::Batch;
-use crate::model::{Layout, Manifest};
+use crate::model::{Layout, Manifest, RoiAlign, RoiPooling};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Device {
@@ -272,6 +275,8 @@ pub struct OrtConfig {
     /// libonnxruntime (`--ort-lib` / ORT_DYLIB_PATH).
     pub lib: Option<PathBuf>,
     pub device: Device,
+    /// Where a per-level export's RoIAlign runs (dense exports pool in their head graphs).
+    pub roi_align: RoiAlign,
     pub session: SessionOptions,
 }
 
@@ -280,8 +285,32 @@ enum Graphs {
         backbone_rpn: Session,
         box_head: Session,
         mask_head: Session,
+        pooling: Box<Pooling>,
     },
     Single(Session),
+}
+
+/// How the heads' RoIs are pooled.
+enum Pooling {
+    /// Dense export: inside `box_head`/`mask_head`, from the features and `rois`.
+    InHeads,
+    /// Per-level export: the RoIs grouped by level, pooled by the RoIAlign graphs.
+    Graphs {
+        mapper: LevelMapper,
+        box_roi_align: Session,
+        mask_roi_align: Session,
+    },
+    /// Per-level export: maskserve's MultiScaleRoIAlign on `threads` threads.
+    Rust { threads: usize },
+}
+
+/// Output size and sampling ratio of the box and mask RoIAlign.
+#[derive(Clone, Copy)]
+struct RoiSizes {
+    box_out: usize,
+    box_sampling: usize,
+    mask_out: usize,
+    mask_sampling: usize,
 }
 
 /// One session set of a model on ONNX Runtime; features stay in ONNX Runtime's values between
@@ -294,6 +323,7 @@ pub struct OrtBackend {
     feature_names: Vec<String>,
     objectness_names: Vec<String>,
     deltas_names: Vec<String>,
+    roi: RoiSizes,
 }
 
 impl OrtBackend {
@@ -310,7 +340,7 @@ impl OrtBackend {
             bail!("at least one backend is needed");
         }
         let env = environment(cfg.lib.as_deref())?;
-        let paths = manifest.graph_paths(dir, layout)?;
+        let paths = manifest.graph_paths(dir, layout, cfg.roi_align)?;
         let mut device = cfg.device;
         let mut backends = Vec::with_capacity(count);
         for _ in 0..count {
@@ -322,7 +352,7 @@ impl OrtBackend {
                 device = device_of(p);
                 sessions.push(s);
             }
-            backends.push(OrtBackend::new(sessions, provider, manifest, layout)?);
+            backends.push(OrtBackend::new(sessions, provider, manifest, layout, cfg)?);
         }
         Ok(backends)
     }
@@ -332,6 +362,7 @@ impl OrtBackend {
         provider: Provider,
         m: &Manifest,
         layout: Layout,
+        cfg: &OrtConfig,
     ) -> Result<OrtBackend> {
         let g = &m.graphs;
         let mut it = sessions.into_iter();
@@ -345,16 +376,50 @@ impl OrtBackend {
                     .map(String::as_str)
                     .collect();
                 check_io(&a, &[], &outputs).context("graph backbone_rpn")?;
-                let mut inputs: Vec<&str> = g.feature_names.iter().map(String::as_str).collect();
-                inputs.push("rois");
-                check_io(&b, &inputs, &["class_logits", "box_regression"])
-                    .context("graph box_head")?;
-                inputs.push("labels");
-                check_io(&c, &inputs, &["mask_logits"]).context("graph mask_head")?;
+                let pooling = match g.roi_pooling {
+                    RoiPooling::Dense => {
+                        let mut inputs: Vec<&str> =
+                            g.feature_names.iter().map(String::as_str).collect();
+                        inputs.push("rois");
+                        check_io(&b, &inputs, &["class_logits", "box_regression"])
+                            .context("graph box_head")?;
+                        inputs.push("labels");
+                        check_io(&c, &inputs, &["mask_logits"]).context("graph mask_head")?;
+                        Pooling::InHeads
+                    }
+                    RoiPooling::PerLevel => {
+                        check_io(&b, &["pooled"], &["class_logits", "box_regression"])
+                            .context("graph box_head")?;
+                        check_io(&c, &["pooled", "labels"], &["mask_logits"])
+                            .context("graph mask_head")?;
+                        match (cfg.roi_align, it.next(), it.next()) {
+                            (RoiAlign::Graph, Some(bp), Some(mp)) => {
+                                let rois = roi_names(g.feature_names.len());
+                                let mut inputs: Vec<&str> =
+                                    g.feature_names.iter().map(String::as_str).collect();
+                                inputs.extend(rois.iter().map(String::as_str));
+                                check_io(&bp, &inputs, &["pooled"])
+                                    .context("graph box_roi_align")?;
+                                check_io(&mp, &inputs, &["pooled"])
+                                    .context("graph mask_roi_align")?;
+                                Pooling::Graphs {
+                                    mapper: mapper_for_strides(&m.roi_heads.featmap_strides),
+                                    box_roi_align: bp,
+                                    mask_roi_align: mp,
+                                }
+                            }
+                            (RoiAlign::Rust, None, None) => Pooling::Rust {
+                                threads: cfg.session.intra_threads.unwrap_or(1),
+                            },
+                            _ => bail!("internal: wrong number of RoIAlign graphs"),
+                        }
+                    }
+                };
                 Graphs::Split {
                     backbone_rpn: a,
                     box_head: b,
                     mask_head: c,
+                    pooling: Box::new(pooling),
                 }
             }
             (Layout::Single, Some(s), None, None) => {
@@ -380,8 +445,19 @@ impl OrtBackend {
             feature_names: g.feature_names.clone(),
             objectness_names: g.objectness_names.clone(),
             deltas_names: g.bbox_deltas_names.clone(),
+            roi: RoiSizes {
+                box_out: m.roi_heads.box_roi_output_size,
+                box_sampling: m.roi_heads.box_sampling_ratio,
+                mask_out: m.roi_heads.mask_roi_output_size,
+                mask_sampling: m.roi_heads.mask_sampling_ratio,
+            },
         })
     }
+}
+
+/// Inputs of the per-level RoIAlign graphs: `rois.i` on `features.i`.
+fn roi_names(levels: usize) -> Vec<String> {
+    (0..levels).map(|i| format!("rois.{i}")).collect()
 }
 
 fn run_err<E: std::fmt::Display>(graph: &'static str) -> impl FnOnce(E) -> BackendError {
@@ -405,15 +481,15 @@ fn f32_output<'a>(
     Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
 }
 
-fn rois_tensor(rois: &[Roi]) -> Result<Tensor<f32>, BackendError> {
+fn rois_tensor<'r>(rois: impl IntoIterator<Item = &'r Roi>) -> Result<Tensor<f32>, BackendError> {
     let data: Vec<f32> = rois
-        .iter()
+        .into_iter()
         .flat_map(|r| {
             let [x1, y1, x2, y2] = r.bbox;
             [r.image as f32, x1, y1, x2, y2]
         })
         .collect();
-    Tensor::from_array(([rois.len(), 5], data)).map_err(run_err("rois"))
+    Tensor::from_array(([data.len() / 5, 5], data)).map_err(run_err("rois"))
 }
 
 fn feature_inputs<'v>(
@@ -438,10 +514,118 @@ impl OrtBackend {
                 backbone_rpn,
                 box_head,
                 mask_head,
-            } => vec![backbone_rpn, box_head, mask_head],
+                pooling,
+            } => {
+                let mut v = vec![backbone_rpn, box_head, mask_head];
+                if let Pooling::Graphs {
+                    box_roi_align,
+                    mask_roi_align,
+                    ..
+                } = pooling.as_ref()
+                {
+                    v.extend([box_roi_align, mask_roi_align]);
+                }
+                v
+            }
             Graphs::Single(s) => vec![s],
         }
     }
+
+    /// Where RoIAlign runs, for the start-up log.
+    pub fn roi_align(&self) -> &'static str {
+        match &self.graphs {
+            Graphs::Split { pooling, .. } => match pooling.as_ref() {
+                Pooling::InHeads => "dense, in the head graphs",
+                Pooling::Graphs { .. } => "per level, RoIAlign graphs",
+                Pooling::Rust { .. } => "per level, maskserve's kernel",
+            },
+            Graphs::Single(_) => "in the single graph",
+        }
+    }
+}
+
+/// The pooled `[K, C, out, out]` input of a head graph: by the RoIAlign graph (then in level
+/// order, with the groups to restore the batch's order) or by maskserve's kernel (in order).
+fn pool(
+    pooling: &mut Pooling,
+    head: Head,
+    feature_names: &[String],
+    features: &[DynValue],
+    rois: &[Roi],
+    image_sizes: &[(usize, usize)],
+    (out, sampling): (usize, usize),
+) -> Result<(DynValue, Option<LevelGroups>), BackendError> {
+    let graph = match head {
+        Head::Box => "box_roi_align",
+        Head::Mask => "mask_roi_align",
+    };
+    match pooling {
+        Pooling::InHeads => Err(BackendError::WrongLayout("dense")),
+        Pooling::Graphs {
+            mapper,
+            box_roi_align,
+            mask_roi_align,
+        } => {
+            let groups = LevelGroups::new(rois, mapper, features.len());
+            let mut inputs = feature_inputs(feature_names, features);
+            for (name, level) in roi_names(features.len())
+                .into_iter()
+                .zip(groups.split(rois))
+            {
+                inputs.push((
+                    Cow::Owned(name),
+                    SessionInputValue::from(rois_tensor(level)?),
+                ));
+            }
+            let session = match head {
+                Head::Box => box_roi_align,
+                Head::Mask => mask_roi_align,
+            };
+            let mut outs = session.run(inputs).map_err(run_err(graph))?;
+            let pooled = outs.remove("pooled").ok_or_else(|| BackendError::Shape {
+                graph,
+                message: "no output pooled".into(),
+            })?;
+            Ok((pooled, Some(groups)))
+        }
+        Pooling::Rust { threads } => {
+            let levels = features
+                .iter()
+                .map(|v| {
+                    let (shape, data) = v.try_extract_tensor::<f32>().map_err(run_err(graph))?;
+                    match shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()[..] {
+                        [batch, channels, height, width] => Ok(LevelFeatures {
+                            data,
+                            batch,
+                            channels,
+                            height,
+                            width,
+                        }),
+                        _ => Err(BackendError::Shape {
+                            graph,
+                            message: format!("feature map of shape {shape:?}"),
+                        }),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let channels = levels.first().map_or(0, |l| l.channels);
+            let pooled =
+                multi_scale_roi_align_batch(&levels, image_sizes, rois, out, sampling, *threads)
+                    .map_err(|e| BackendError::Shape {
+                        graph,
+                        message: e.to_string(),
+                    })?;
+            let t = Tensor::from_array(([rois.len(), channels, out, out], pooled))
+                .map_err(run_err(graph))?;
+            Ok((t.into_dyn(), None))
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Head {
+    Box,
+    Mask,
 }
 
 /// `TotalAllocated` of the arena `session` allocates from on `device`: the bytes it has reserved
@@ -552,17 +736,38 @@ impl Backend for OrtBackend {
         &mut self,
         features: &Vec<DynValue>,
         rois: &[Roi],
+        image_sizes: &[(usize, usize)],
     ) -> Result<BoxHeadOutput, BackendError> {
         const G: &str = "box_head";
-        let Graphs::Split { box_head, .. } = &mut self.graphs else {
+        let Graphs::Split {
+            box_head, pooling, ..
+        } = &mut self.graphs
+        else {
             return Err(BackendError::WrongLayout("single"));
         };
-        let mut inputs = feature_inputs(&self.feature_names, features);
-        inputs.push((
-            Cow::Borrowed("rois"),
-            SessionInputValue::from(rois_tensor(rois)?),
-        ));
-        let outs = box_head.run(inputs).map_err(run_err(G))?;
+        let (outs, groups) = if let Pooling::InHeads = **pooling {
+            let mut inputs = feature_inputs(&self.feature_names, features);
+            inputs.push((
+                Cow::Borrowed("rois"),
+                SessionInputValue::from(rois_tensor(rois)?),
+            ));
+            (box_head.run(inputs).map_err(run_err(G))?, None)
+        } else {
+            let sizes = (self.roi.box_out, self.roi.box_sampling);
+            let (pooled, groups) = pool(
+                pooling.as_mut(),
+                Head::Box,
+                &self.feature_names,
+                features,
+                rois,
+                image_sizes,
+                sizes,
+            )?;
+            let outs = box_head
+                .run(vec![("pooled", SessionInputValue::from(pooled))])
+                .map_err(run_err(G))?;
+            (outs, groups)
+        };
         let (ls, logits) = f32_output(&outs, G, "class_logits")?;
         let (rs, regr) = f32_output(&outs, G, "box_regression")?;
         if ls.len() != 2 || ls[0] != rois.len() || rs != [rois.len(), ls[1] * 4] {
@@ -571,9 +776,15 @@ impl Backend for OrtBackend {
                 message: format!("shapes {ls:?} / {rs:?} for {} rois", rois.len()),
             });
         }
-        Ok(BoxHeadOutput {
-            class_logits: logits.to_vec(),
-            box_regression: regr.to_vec(),
+        Ok(match groups {
+            Some(g) => BoxHeadOutput {
+                class_logits: g.to_batch_order(logits, ls[1]),
+                box_regression: g.to_batch_order(regr, rs[1]),
+            },
+            None => BoxHeadOutput {
+                class_logits: logits.to_vec(),
+                box_regression: regr.to_vec(),
+            },
         })
     }
 
@@ -582,19 +793,52 @@ impl Backend for OrtBackend {
         features: &Vec<DynValue>,
         rois: &[Roi],
         labels: &[i64],
+        image_sizes: &[(usize, usize)],
     ) -> Result<Vec<f32>, BackendError> {
         const G: &str = "mask_head";
-        let Graphs::Split { mask_head, .. } = &mut self.graphs else {
+        let Graphs::Split {
+            mask_head, pooling, ..
+        } = &mut self.graphs
+        else {
             return Err(BackendError::WrongLayout("single"));
         };
-        let labels = Tensor::from_array(([labels.len()], labels.to_vec())).map_err(run_err(G))?;
-        let mut inputs = feature_inputs(&self.feature_names, features);
-        inputs.push((
-            Cow::Borrowed("rois"),
-            SessionInputValue::from(rois_tensor(rois)?),
-        ));
-        inputs.push((Cow::Borrowed("labels"), SessionInputValue::from(labels)));
-        let outs = mask_head.run(inputs).map_err(run_err(G))?;
+        let tensor = |labels: Vec<i64>| {
+            Tensor::from_array(([labels.len()], labels))
+                .map(SessionInputValue::from)
+                .map_err(run_err(G))
+        };
+        let (outs, groups) = if let Pooling::InHeads = **pooling {
+            let mut inputs = feature_inputs(&self.feature_names, features);
+            inputs.push((
+                Cow::Borrowed("rois"),
+                SessionInputValue::from(rois_tensor(rois)?),
+            ));
+            inputs.push((Cow::Borrowed("labels"), tensor(labels.to_vec())?));
+            (mask_head.run(inputs).map_err(run_err(G))?, None)
+        } else {
+            let sizes = (self.roi.mask_out, self.roi.mask_sampling);
+            let (pooled, groups) = pool(
+                pooling.as_mut(),
+                Head::Mask,
+                &self.feature_names,
+                features,
+                rois,
+                image_sizes,
+                sizes,
+            )?;
+            // The pooled rows are in level order after the RoIAlign graph: so are the labels.
+            let labels = match &groups {
+                Some(g) => g.to_level_order(labels),
+                None => labels.to_vec(),
+            };
+            let outs = mask_head
+                .run(vec![
+                    ("pooled", SessionInputValue::from(pooled)),
+                    ("labels", tensor(labels)?),
+                ])
+                .map_err(run_err(G))?;
+            (outs, groups)
+        };
         let (s, logits) = f32_output(&outs, G, "mask_logits")?;
         if s.len() != 4 || s[0] != rois.len() || s[1] != 1 || s[2] != s[3] {
             return Err(BackendError::Shape {
@@ -602,7 +846,10 @@ impl Backend for OrtBackend {
                 message: format!("mask_logits shape {s:?} for {} rois", rois.len()),
             });
         }
-        Ok(logits.to_vec())
+        Ok(match groups {
+            Some(g) => g.to_batch_order(logits, s[2] * s[3]),
+            None => logits.to_vec(),
+        })
     }
 
     fn single(

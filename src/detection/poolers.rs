@@ -4,6 +4,8 @@
 //! CPU kernel's arithmetic. For runtimes without a RoiAlign operator, and for grouping the RoIs
 //! of a batch by level.
 
+use crate::backend::Roi;
+
 /// One feature map `[C, H, W]` of one image, row-major.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureMap<'a> {
@@ -170,24 +172,155 @@ pub fn roi_align(
     }
 }
 
-/// `MultiScaleRoIAlign` of the RoIs of one image: `levels[k]` is level k's map of that image,
-/// `scales[k]` its scale, and the result is `[N, C, out, out]` in the order of `boxes`.
-pub fn multi_scale_roi_align(
-    levels: &[FeatureMap<'_>],
-    scales: &[f32],
-    mapper: &LevelMapper,
-    boxes: &[[f32; 4]],
+/// One level's feature maps of a whole batch, `[B, C, H, W]` row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelFeatures<'a> {
+    pub data: &'a [f32],
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl<'a> LevelFeatures<'a> {
+    /// Image `i`'s map; `None` past the batch or when `data` is shorter than its shape says.
+    pub fn image(&self, i: usize) -> Option<FeatureMap<'a>> {
+        let n = self.channels * self.height * self.width;
+        let data = self
+            .data
+            .get(i * n..(i + 1) * n)
+            .filter(|_| i < self.batch)?;
+        Some(FeatureMap {
+            data,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        })
+    }
+}
+
+/// Why a batch could not be pooled (a backend error: the graphs disagree with the manifest).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PoolError {
+    #[error("no feature maps")]
+    NoLevels,
+    #[error("feature maps disagree in batch size or channels, or are shorter than their shapes")]
+    Inconsistent,
+    #[error("a RoI belongs to image {0}, past the batch")]
+    ImageOutOfRange(usize),
+}
+
+/// `MultiScaleRoIAlign.forward` on the RoIs of a whole batch: scales and levels as torchvision
+/// infers them from the feature shapes and `image_sizes` (the resized, unpadded sizes), each
+/// RoI pooled from its own level only, `threads` threads over the RoIs. Returns
+/// `[K, C, out, out]` in the order of `rois`.
+pub fn multi_scale_roi_align_batch(
+    levels: &[LevelFeatures<'_>],
+    image_sizes: &[(usize, usize)],
+    rois: &[Roi],
     out: usize,
     sampling_ratio: usize,
-) -> Vec<f32> {
-    let channels = levels.first().map_or(0, |l| l.channels);
-    let per_roi = channels * out * out;
-    let mut dst = vec![0.0f32; boxes.len() * per_roi];
-    for (b, chunk) in boxes.iter().zip(dst.chunks_mut(per_roi.max(1))) {
-        let k = mapper.level(*b).min(levels.len().saturating_sub(1));
-        roi_align(levels[k], scales[k], *b, out, sampling_ratio, chunk);
+    threads: usize,
+) -> Result<Vec<f32>, PoolError> {
+    let first = levels.first().ok_or(PoolError::NoLevels)?;
+    let (batch, channels) = (first.batch, first.channels);
+    if levels.iter().any(|l| {
+        l.batch != batch
+            || l.channels != channels
+            || l.data.len() < batch * channels * l.height * l.width
+    }) {
+        return Err(PoolError::Inconsistent);
     }
-    dst
+    if let Some(r) = rois.iter().find(|r| r.image >= batch) {
+        return Err(PoolError::ImageOutOfRange(r.image));
+    }
+    let max_h = image_sizes.iter().map(|s| s.0).max().unwrap_or(1);
+    let max_w = image_sizes.iter().map(|s| s.1).max().unwrap_or(1);
+    let shapes: Vec<(usize, usize)> = levels.iter().map(|l| (l.height, l.width)).collect();
+    let (scales, mapper) = setup_scales(&shapes, (max_h, max_w));
+    let per_roi = channels * out * out;
+    let mut dst = vec![0.0f32; rois.len() * per_roi];
+    if per_roi == 0 || rois.is_empty() {
+        return Ok(dst);
+    }
+    let pool_range = |rois: &[Roi], dst: &mut [f32]| {
+        for (r, chunk) in rois.iter().zip(dst.chunks_mut(per_roi)) {
+            let k = mapper.level(r.bbox).min(levels.len() - 1);
+            if let Some(map) = levels[k].image(r.image) {
+                roi_align(map, scales[k], r.bbox, out, sampling_ratio, chunk);
+            }
+        }
+    };
+    let threads = threads.clamp(1, rois.len());
+    if threads == 1 {
+        pool_range(rois, &mut dst);
+        return Ok(dst);
+    }
+    let per_thread = rois.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (r, d) in rois
+            .chunks(per_thread)
+            .zip(dst.chunks_mut(per_thread * per_roi))
+        {
+            s.spawn(move || pool_range(r, d));
+        }
+    });
+    Ok(dst)
+}
+
+/// The RoIs of a batch grouped by FPN level for graphs that pool each level separately:
+/// `order[j]` is the index in the batch of the `j`-th RoI in level order (stable within a
+/// level), `counts[k]` the number on level `k`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelGroups {
+    pub order: Vec<usize>,
+    pub counts: Vec<usize>,
+}
+
+impl LevelGroups {
+    pub fn new(rois: &[Roi], mapper: &LevelMapper, levels: usize) -> LevelGroups {
+        let levels = levels.max(1);
+        let assigned: Vec<usize> = rois
+            .iter()
+            .map(|r| mapper.level(r.bbox).min(levels - 1))
+            .collect();
+        let mut counts = vec![0; levels];
+        for &k in &assigned {
+            counts[k] += 1;
+        }
+        let mut order: Vec<usize> = (0..rois.len()).collect();
+        order.sort_by_key(|&i| assigned[i]);
+        LevelGroups { order, counts }
+    }
+
+    /// The RoIs of each level, in level order.
+    pub fn split<'r>(&self, rois: &'r [Roi]) -> Vec<Vec<&'r Roi>> {
+        let mut it = self.order.iter().map(|&i| &rois[i]);
+        self.counts
+            .iter()
+            .map(|&n| it.by_ref().take(n).collect())
+            .collect()
+    }
+
+    /// `items` (in batch order) in level order.
+    pub fn to_level_order<T: Copy>(&self, items: &[T]) -> Vec<T> {
+        self.order.iter().map(|&i| items[i]).collect()
+    }
+
+    /// Rows of `row` values in level order back in batch order.
+    pub fn to_batch_order(&self, rows: &[f32], row: usize) -> Vec<f32> {
+        let mut dst = vec![0.0f32; rows.len()];
+        for (j, &i) in self.order.iter().enumerate() {
+            dst[i * row..(i + 1) * row].copy_from_slice(&rows[j * row..(j + 1) * row]);
+        }
+        dst
+    }
+}
+
+/// The mapper of graphs whose RoIAlign scales are fixed at `1 / stride` (power-of-two strides).
+pub fn mapper_for_strides(strides: &[f64]) -> LevelMapper {
+    let level = |s: Option<&f64>| s.map_or(0, |s| s.log2().round() as i32);
+    LevelMapper::new(level(strides.first()), level(strides.last()))
 }
 
 #[cfg(test)]
@@ -211,6 +344,62 @@ mod tests {
         let (scales, m) = setup_scales(&[(200, 336), (100, 168), (50, 84), (25, 42)], (800, 1333));
         assert_eq!(scales, [0.25, 0.125, 0.0625, 0.03125]);
         assert_eq!((m.k_min, m.k_max), (2, 5));
+    }
+
+    #[test]
+    fn groups_restore_the_batch_order() {
+        let m = LevelMapper::new(2, 5);
+        let roi = |image, side: f32| Roi {
+            image,
+            bbox: [0.0, 0.0, side, side],
+        };
+        let rois = [roi(0, 448.0), roi(0, 10.0), roi(1, 224.0), roi(1, 12.0)];
+        let g = LevelGroups::new(&rois, &m, 4);
+        assert_eq!(g.counts, [2, 0, 1, 1]);
+        assert_eq!(g.order, [1, 3, 2, 0]);
+        let split = g.split(&rois);
+        assert_eq!(split[0], [&rois[1], &rois[3]]);
+        assert!(split[1].is_empty());
+        let rows: Vec<f32> = g
+            .order
+            .iter()
+            .flat_map(|&i| [i as f32, i as f32 + 0.5])
+            .collect();
+        assert_eq!(
+            g.to_batch_order(&rows, 2),
+            [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
+        );
+        assert_eq!(mapper_for_strides(&[4.0, 8.0, 16.0, 32.0]), m);
+    }
+
+    #[test]
+    fn batch_pooling_is_the_same_on_any_thread_count() {
+        let data: Vec<f32> = (0..2 * 3 * 16 * 16).map(|i| (i % 97) as f32).collect();
+        let level = LevelFeatures {
+            data: &data,
+            batch: 2,
+            channels: 3,
+            height: 16,
+            width: 16,
+        };
+        let rois: Vec<Roi> = (0..9)
+            .map(|i| Roi {
+                image: i % 2,
+                bbox: [i as f32, 2.0, 20.0 + i as f32 * 3.0, 40.0],
+            })
+            .collect();
+        let one = multi_scale_roi_align_batch(&[level], &[(64, 64)], &rois, 7, 2, 1).unwrap();
+        let four = multi_scale_roi_align_batch(&[level], &[(64, 64)], &rois, 7, 2, 4).unwrap();
+        assert_eq!(one, four);
+        assert_eq!(one.len(), 9 * 3 * 49);
+        let bad = [Roi {
+            image: 2,
+            bbox: [0.0; 4],
+        }];
+        assert_eq!(
+            multi_scale_roi_align_batch(&[level], &[(64, 64)], &bad, 7, 2, 1),
+            Err(PoolError::ImageOutOfRange(2))
+        );
     }
 
     #[test]
