@@ -1,4 +1,4 @@
-"""The floor: ONNX Runtime alone running the three graphs on inputs prepared beforehand.
+"""The floor: ONNX Runtime alone running the split graphs on inputs prepared beforehand.
 
 Run as its own process (so its CPU time and peak RSS are its own) by run.py:
 
@@ -7,7 +7,8 @@ Run as its own process (so its CPU time and peak RSS are its own) by run.py:
 
 Each worker thread owns one session set (like a maskserve inference worker); per image it runs
 graph (a) on the preprocessed tensor, graph (b) on (a)'s features and the proposals computed
-beforehand, graph (c) on the features and the detections computed beforehand. Nothing else is
+beforehand, graph (c) on the features and the detections computed beforehand (for a per-level
+export, (b) and (c) are its RoIAlign graph then its head graph). Nothing else is
 timed: no decoding, pre/post-processing, HTTP or JSON. Prints one JSON object.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import queue
 import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference_server"))
+from pipeline import Heads  # noqa: E402
 
 Inputs = list[dict[str, np.ndarray]]
 
@@ -42,8 +47,7 @@ class SessionSet:
         g = m["graphs"]
         prov = ["CPUExecutionProvider"]
         self.a = ort.InferenceSession(str(model_dir / g["backbone_rpn"]), so, providers=prov)
-        self.b = ort.InferenceSession(str(model_dir / g["box_head"]), so, providers=prov)
-        self.c = ort.InferenceSession(str(model_dir / g["mask_head"]), so, providers=prov)
+        self.heads = Heads(model_dir, m, so, prov)
         self.features = list(g["feature_names"])
         self.input = self.a.get_inputs()[0].name
 
@@ -51,9 +55,9 @@ class SessionSet:
         outs = self.a.run(self.features, {self.input: x["batch"]})
         feats = dict(zip(self.features, outs))
         if x["rois"].shape[0]:
-            self.b.run(None, {**feats, "rois": x["rois"]})
+            self.heads.box(feats, x["rois"])
         if x["det_rois"].shape[0]:
-            self.c.run(None, {**feats, "rois": x["det_rois"], "labels": x["labels"]})
+            self.heads.mask(feats, x["det_rois"], x["labels"])
 
 
 def default_threads(workers: int) -> int:

@@ -75,7 +75,7 @@ def floor_inputs(model_dir: Path, files: list[Path], path: Path) -> None:
         rois = np.concatenate([np.zeros((len(props), 1), np.float32), props], axis=1)
         boxes, _, labels = np.zeros((0, 4), np.float32), None, np.zeros(0, np.int64)
         if len(props):
-            logits, regr = m.box_head.run(["class_logits", "box_regression"], {**feats, "rois": rois})
+            logits, regr = m.heads.box(feats, rois)
             boxes, _, labels = m.detections(props, logits, regr, pre.size, {})
         arrays[f"{i}:batch"] = pre.batch
         arrays[f"{i}:rois"] = rois.astype(np.float32)

@@ -200,8 +200,63 @@ def paste_mask(probs: np.ndarray, box: np.ndarray, im_h: int, im_w: int, thr: fl
     return out
 
 
+class Heads:
+    """The box and mask heads of either export layout (``graphs.roi_pooling`` in model.json):
+    dense head graphs that pool every RoI on every level, or per-level RoIAlign graphs (the
+    RoIs grouped by torchvision's LevelMapper here) followed by head graphs on pooled tensors."""
+
+    def __init__(self, model_dir: Path, m: dict[str, Any], so: ort.SessionOptions, prov: list[str]) -> None:
+        g = m["graphs"]
+
+        def session(key: str) -> ort.InferenceSession:
+            return ort.InferenceSession(str(model_dir / g[key]), so, providers=prov)
+
+        self.per_level = g.get("roi_pooling", "dense") == "per_level"
+        self.box_head, self.mask_head = session("box_head"), session("mask_head")
+        self.features = list(g["feature_names"])
+        if self.per_level:
+            self.box_pool, self.mask_pool = session("box_roi_align"), session("mask_roi_align")
+            strides = m["roi_heads"]["featmap_strides"]
+            self.k_min, self.k_max = round(np.log2(strides[0])), round(np.log2(strides[-1]))
+
+    def levels(self, rois: np.ndarray) -> np.ndarray:
+        """LevelMapper (canonical scale 224, level 4, eps 1e-6) in float32, as torchvision."""
+        s = np.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+        lvl = np.floor(F32(4) + np.log2(s / F32(224)) + F32(1e-6))
+        return (np.clip(lvl, self.k_min, self.k_max) - self.k_min).astype(np.int64)
+
+    def _pool(self, session: ort.InferenceSession, feats: dict[str, np.ndarray], rois: np.ndarray) -> tuple:
+        lvl = self.levels(rois)
+        order = np.argsort(lvl, kind="stable")
+        grouped = rois[order]
+        per_level = {f"rois.{i}": grouped[lvl[order] == i] for i in range(len(self.features))}
+        (pooled,) = session.run(["pooled"], {**feats, **per_level})
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return pooled, order, back
+
+    def box(self, feats: dict[str, np.ndarray], rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """class logits and box regression of ``rois [K, 5]``, in their order."""
+        names = ["class_logits", "box_regression"]
+        if not self.per_level:
+            logits, regr = self.box_head.run(names, {**feats, "rois": rois})
+            return logits, regr
+        pooled, _, back = self._pool(self.box_pool, feats, rois)
+        logits, regr = self.box_head.run(names, {"pooled": pooled})
+        return logits[back], regr[back]
+
+    def mask(self, feats: dict[str, np.ndarray], rois: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """mask logits ``[K, 1, M, M]`` of each RoI's label, in their order."""
+        if not self.per_level:
+            mlog = self.heads.mask(feats, rois, labels)
+            return mlog
+        pooled, order, back = self._pool(self.mask_pool, feats, rois)
+        (mlog,) = self.mask_head.run(["mask_logits"], {"pooled": pooled, "labels": labels[order]})
+        return mlog[back]
+
+
 class Model:
-    """The three split graphs plus the manifest; one instance per worker process."""
+    """The split graphs plus the manifest; one instance per worker process."""
 
     def __init__(self, model_dir: Path, threads: int | None = None, spinning: bool | None = None) -> None:
         self.dir = Path(model_dir)
@@ -216,8 +271,7 @@ class Model:
         g = self.m["graphs"]
         prov = ["CPUExecutionProvider"]
         self.backbone = ort.InferenceSession(str(self.dir / g["backbone_rpn"]), so, providers=prov)
-        self.box_head = ort.InferenceSession(str(self.dir / g["box_head"]), so, providers=prov)
-        self.mask_head = ort.InferenceSession(str(self.dir / g["mask_head"]), so, providers=prov)
+        self.heads = Heads(self.dir, self.m, so, prov)
         self.input_name = self.backbone.get_inputs()[0].name
         rpn = self.m["rpn"]
         self.cells = [cell_anchors(s, r) for s, r in zip(rpn["anchor_sizes"], rpn["aspect_ratios"])]
@@ -289,12 +343,12 @@ class Model:
         labels = np.zeros(0, np.int64)
         if props.shape[0]:
             rois = np.concatenate([np.zeros((props.shape[0], 1), F32), props], axis=1)
-            logits, regr = self.box_head.run(["class_logits", "box_regression"], {**feats, "rois": rois})
+            logits, regr = self.heads.box(feats, rois)
             boxes, scores, labels = self.detections(props, logits, regr, pre.size, opts)
         masks = np.zeros((0, 1, 28, 28), F32)
         if boxes.shape[0]:
             rois = np.concatenate([np.zeros((boxes.shape[0], 1), F32), boxes], axis=1)
-            (mlog,) = self.mask_head.run(["mask_logits"], {**feats, "rois": rois, "labels": labels})
+            mlog = self.heads.mask(feats, rois, labels)
             masks = sigmoid(mlog)
         h, w = pre.original
         ratio = np.array([F32(w) / F32(pre.size[1]), F32(h) / F32(pre.size[0])] * 2, dtype=F32)

@@ -183,8 +183,9 @@ def export_per_level(
     ]
     roi_dyn = {n: {0: f"k{i}"} for i, n in enumerate(roi_n)}
     rh = model.roi_heads
+    box_outputs = ["class_logits", "box_regression"]
     heads = [
-        ("box_roi_align", rh.box_roi_pool, "box_head", PooledBoxHead(model), ["class_logits", "box_regression"]),
+        ("box_roi_align", rh.box_roi_pool, "box_head", PooledBoxHead(model), box_outputs),
         ("mask_roi_align", rh.mask_roi_pool, "mask_head", PooledMaskHead(model), ["mask_logits"]),
     ]
     for pool_key, pool, head_key, head, outputs in heads:
@@ -199,12 +200,12 @@ def export_per_level(
         )
         with torch.no_grad():
             pooled = align(*feats, *rois)
-        k = {n: {0: "k"} for n in ["pooled", *outputs]}
+        args: tuple = (pooled,)
         if head_key == "mask_head":
-            labels = torch.ones(pooled.shape[0], dtype=torch.int64)
-            _export(head.eval(), (pooled, labels), out / g[head_key], ["pooled", "labels"], outputs, {**k, "labels": {0: "k"}})
-        else:
-            _export(head.eval(), (pooled,), out / g[head_key], ["pooled"], outputs, k)
+            args = (pooled, torch.ones(pooled.shape[0], dtype=torch.int64))
+        names = ["pooled", "labels"][: len(args)]
+        dyn = {n: {0: "k"} for n in [*names, *outputs]}
+        _export(head.eval(), args, out / g[head_key], names, outputs, dyn)
 
 
 def export_single(model: MaskRCNN, out: Path, name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from maskexport.export import FORBIDDEN_OPS, graph_ops
+from maskexport.export import FORBIDDEN_OPS, SPLIT_GRAPHS, graph_ops
 from maskexport.manifest import ManifestError, validate
 from maskexport.model import load_checkpoint
 
@@ -21,9 +21,10 @@ def test_fixture_manifest_valid() -> None:
     assert "single" in m["graphs"]
 
 
-def test_fixture_graphs_load_and_are_dense() -> None:
+def test_fixture_graphs_load_and_are_static() -> None:
     m = validate(FIXTURE)
-    for key in ("backbone_rpn", "box_head", "mask_head", "single"):
+    assert m["graphs"]["roi_pooling"] == "per_level"
+    for key in (*SPLIT_GRAPHS["per_level"], "single"):
         path = FIXTURE / m["graphs"][key]
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         if key != "single":

@@ -9,11 +9,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from torchvision.ops.poolers import _setup_scales
 
-from maskexport.export import FORBIDDEN_OPS, export_model_dir, graph_ops
+from maskexport.export import FORBIDDEN_OPS, SPLIT_GRAPHS, export_model_dir, graph_ops
 from maskexport.model import build_model
 
-ARCHS = [("tiny-fpn", 4), ("resnet50-fpn", 91)]
+# (architecture, classes, roi_pooling): both layouts on the tiny model, the default on R50.
+EXPORTS = [("tiny-fpn", 4, "per_level"), ("tiny-fpn", 4, "dense"), ("resnet50-fpn", 91, "per_level")]
 
 
 def assert_close(got: np.ndarray, want: np.ndarray) -> None:
@@ -27,17 +29,18 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module", params=ARCHS, ids=[a for a, _ in ARCHS])
+@pytest.fixture(scope="module", params=EXPORTS, ids=[f"{a}-{p}" for a, _, p in EXPORTS])
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    arch, classes = request.param
+    arch, classes, roi_pooling = request.param
     torch.manual_seed(0)
     model = build_model(arch, classes).eval()
     # Random heads barely separate classes; perturb the predictor so label selection matters.
     with torch.no_grad():
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.normal_(0, 1)
-    out = tmp_path_factory.mktemp(arch)
+    out = tmp_path_factory.mktemp(f"{arch}-{roi_pooling}")
     names = ["__background__"] + [f"c{i}" for i in range(1, classes)]
-    m = export_model_dir(model, out, arch, names, arch, single=(arch == "tiny-fpn"))
+    single = arch == "tiny-fpn" and roi_pooling == "per_level"
+    m = export_model_dir(model, out, arch, names, arch, single=single, roi_pooling=roi_pooling)
     return model, out, m
 
 
@@ -78,26 +81,55 @@ def _rois_and_features(model: torch.nn.Module, m: dict) -> tuple:
     return feats, sizes, per_image, rois, inputs
 
 
+def _pooled_per_level(out: Path, m: dict, key: str, case: tuple) -> torch.Tensor:
+    """The RoIs grouped by torchvision's own LevelMapper, pooled by the export's RoIAlign graph;
+    returns the pooled tensor back in the RoIs' order."""
+    feats, sizes, per_image, rois, inputs = case
+    pooled_levels = [f for k, f in feats.items() if k != "pool"]
+    scales, mapper = _setup_scales(pooled_levels, sizes, 224, 4)
+    levels = mapper(per_image)
+    assert len(set(levels.tolist())) > 1, "the boxes should reach several levels"
+    order = torch.argsort(levels, stable=True)
+    grouped = {f"rois.{k}": rois[order][levels[order] == k].numpy() for k in range(len(scales))}
+    (pooled,) = _session(out / m["graphs"][key]).run(None, {**inputs, **grouped})
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    return torch.from_numpy(pooled)[back]
+
+
 def test_box_head_matches_torchvision_multiscale_roi_align(exported: tuple) -> None:
     model, out, m = exported
-    feats, sizes, per_image, rois, inputs = _rois_and_features(model, m)
-    logits, reg = _session(out / m["graphs"]["box_head"]).run(None, {**inputs, "rois": rois.numpy()})
+    case = _rois_and_features(model, m)
+    feats, sizes, per_image, rois, inputs = case
+    g = m["graphs"]
+    if g["roi_pooling"] == "dense":
+        feeds = {**inputs, "rois": rois.numpy()}
+    else:
+        feeds = {"pooled": _pooled_per_level(out, m, "box_roi_align", case).numpy()}
+    logits, reg = _session(out / g["box_head"]).run(None, feeds)
     rh = model.roi_heads
     with torch.no_grad():
         pooled = rh.box_roi_pool(OrderedDict(feats), per_image, sizes)
         want_logits, want_reg = rh.box_predictor(rh.box_head(pooled))
+    if g["roi_pooling"] == "per_level":
+        assert_close(feeds["pooled"], pooled.numpy())
     assert_close(logits, want_logits.numpy())
     assert_close(reg, want_reg.numpy())
 
 
 def test_mask_head_matches_torchvision(exported: tuple) -> None:
     model, out, m = exported
-    feats, sizes, per_image, rois, inputs = _rois_and_features(model, m)
+    case = _rois_and_features(model, m)
+    feats, sizes, per_image, rois, inputs = case
     n_classes = len(m["classes"])
     labels = torch.arange(len(rois)) % (n_classes - 1) + 1
-    (got,) = _session(out / m["graphs"]["mask_head"]).run(
-        None, {**inputs, "rois": rois.numpy(), "labels": labels.numpy()}
-    )
+    g = m["graphs"]
+    if g["roi_pooling"] == "dense":
+        feeds = {**inputs, "rois": rois.numpy(), "labels": labels.numpy()}
+    else:
+        pooled = _pooled_per_level(out, m, "mask_roi_align", case)
+        feeds = {"pooled": pooled.numpy(), "labels": labels.numpy()}
+    (got,) = _session(out / g["mask_head"]).run(None, feeds)
     rh = model.roi_heads
     with torch.no_grad():
         pooled = rh.mask_roi_pool(OrderedDict(feats), per_image, sizes)
@@ -107,9 +139,21 @@ def test_mask_head_matches_torchvision(exported: tuple) -> None:
     assert_close(got, want.numpy())
 
 
+def test_roi_align_graphs_take_an_empty_level(exported: tuple) -> None:
+    """At serving time a level often has no RoI: the graph must accept ``[0, 5]``."""
+    model, out, m = exported
+    if m["graphs"]["roi_pooling"] != "per_level":
+        pytest.skip("dense export: no RoIAlign graphs")
+    _, _, _, rois, inputs = _rois_and_features(model, m)
+    n = len(m["graphs"]["feature_names"])
+    grouped = {f"rois.{k}": (rois[:5] if k == 1 else torch.zeros(0, 5)).numpy() for k in range(n)}
+    (pooled,) = _session(out / m["graphs"]["box_roi_align"]).run(None, {**inputs, **grouped})
+    assert pooled.shape[0] == 5 and pooled.shape[2:] == (7, 7)
+
+
 def test_split_graphs_have_no_data_dependent_ops(exported: tuple) -> None:
     _, out, m = exported
-    for key in ("backbone_rpn", "box_head", "mask_head"):
+    for key in SPLIT_GRAPHS[m["graphs"]["roi_pooling"]]:
         assert not graph_ops(out / m["graphs"][key]) & FORBIDDEN_OPS, key
 
 

@@ -410,7 +410,7 @@ def assert_model_artifact(output: Path, est: Estimator) -> dict[str, bytes]:
     manifest = json.loads(files["model.json"])
     assert manifest["classes"] == ["__background__", *SHAPES]
     graphs = manifest["graphs"]
-    for key in ("backbone_rpn", "box_head", "mask_head", "single"):
+    for key in ("backbone_rpn", "box_roi_align", "box_head", "mask_roi_align", "mask_head", "single"):
         assert graphs[key] in files and len(files[graphs[key]]) > 1000, key
     return files
 
