@@ -24,6 +24,9 @@ pub struct Manifest {
     pub reference: Option<String>,
     #[serde(default)]
     pub samples: Option<String>,
+    /// Tiled inference by default (requests can turn it off with `tile_size=0`).
+    #[serde(default)]
+    pub tiling: Option<crate::types::Tiling>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +257,10 @@ impl Manifest {
         }
         if !(0.0..=1.0).contains(&self.mask.threshold) {
             bail!("mask.threshold must be in [0, 1]");
+        }
+        if let Some(t) = self.tiling {
+            crate::pipeline::validate_tiling(t, crate::types::MaskFormat::Rle)
+                .map_err(|e| anyhow::anyhow!("tiling: {e}"))?;
         }
         if self.roi_heads.detections_per_img == 0 {
             bail!("roi_heads.detections_per_img must be at least 1");

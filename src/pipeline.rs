@@ -9,16 +9,18 @@ use std::time::Instant;
 
 use crate::backend::{Backend, BackendError, Roi};
 use crate::decode::decode;
+use crate::decode::RgbImage;
 use crate::detection::anchors::AnchorGenerator;
 use crate::detection::box_coder::BoxCoder;
-use crate::detection::paste::paste_mask;
+use crate::detection::paste::{self, paste_mask, PastedMask};
 use crate::detection::roi_heads::{postprocess_detections_batch, DetParams, RawDetection};
 use crate::detection::rpn::{filter_proposals_batch, sigmoid, RpnParams};
+use crate::detection::tiling::{self, Tile, TileDetection};
 use crate::detection::transform::{self, Batch, Padded};
 use crate::encode::{png::png_base64, polygons, rle};
 use crate::model::{Layout, Manifest};
 use crate::types::{
-    Detection, ImageResult, MaskFormat, PredictError, PredictOptions, StageTimings,
+    Detection, ImageResult, MaskFormat, PredictError, PredictOptions, StageTimings, Tiling,
 };
 
 /// Default pixel limit: 40 megapixels.
@@ -408,8 +410,12 @@ impl MaskRcnn {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let probs = d.mask_probs.get(i * m * m..(i + 1) * m * m);
-                self.detection(r, probs, m, (h, w), mask_thr, opts.mask_format)
+                let pasted = d
+                    .mask_probs
+                    .get(i * m * m..(i + 1) * m * m)
+                    .filter(|_| opts.mask_format != MaskFormat::None)
+                    .map(|probs| paste_mask(probs, m, &r.bbox, h, w, mask_thr));
+                self.detection(r, pasted, opts.mask_format)
             })
             .collect();
         let mut timings = d.timings;
@@ -427,10 +433,7 @@ impl MaskRcnn {
     fn detection(
         &self,
         r: &RawDetection,
-        probs: Option<&[f32]>,
-        m: usize,
-        (h, w): (usize, usize),
-        mask_thr: f32,
+        pasted: Option<PastedMask>,
         format: MaskFormat,
     ) -> Detection {
         let class_name = self
@@ -448,10 +451,9 @@ impl MaskRcnn {
             polygons: None,
             mask_png: None,
         };
-        let Some(probs) = probs.filter(|_| format != MaskFormat::None) else {
+        let Some(pasted) = pasted else {
             return d;
         };
-        let pasted = paste_mask(probs, m, &r.bbox, h, w, mask_thr);
         // RLE always (the canonical form); polygons / PNG in addition when asked.
         d.mask = Some(rle::encode_pasted(&pasted));
         match format {
@@ -460,6 +462,127 @@ impl MaskRcnn {
             _ => {}
         }
         d
+    }
+}
+
+/// Tiled inference (detection::tiling): the image is decoded once, each tile is transformed
+/// like a whole image and runs through the batcher, and the tiles' detections are merged.
+impl MaskRcnn {
+    /// The tiling an image gets: the request's tile size, else the model's (no tiling for
+    /// size 0 or neither); the request's overlap, else the model's for its tile size, else a
+    /// quarter of the tile.
+    pub fn tiling_for(&self, opts: &PredictOptions) -> Option<Tiling> {
+        let model = self.manifest.tiling;
+        let size = opts
+            .tile_size
+            .or(model.map(|t| t.size))
+            .filter(|&s| s > 0)?;
+        let overlap = opts
+            .tile_overlap
+            .or(model.filter(|t| t.size == size).map(|t| t.overlap))
+            .unwrap_or(size / 4);
+        Some(Tiling { size, overlap })
+    }
+
+    /// Decodes an image to be tiled; the pixel limit applies to the whole image.
+    pub fn decode_for_tiling(&self, bytes: &[u8]) -> Result<(RgbImage, f64), PredictError> {
+        if self.layout == Layout::Single {
+            return Err(PredictError::BadOption(
+                "tiled inference needs the split layout (the single graph resizes each image itself)"
+                    .into(),
+            ));
+        }
+        let t = Instant::now();
+        let img = decode(bytes, self.max_pixels)?;
+        Ok((img, ms(t)))
+    }
+
+    /// One tile of a decoded image, transformed as a whole image would be.
+    pub fn prepare_tile(&self, img: &RgbImage, tile: Tile) -> Prepared {
+        let t = Instant::now();
+        let mut data = Vec::with_capacity(tile.width * tile.height * 3);
+        for y in tile.y0..tile.y0 + tile.height {
+            let start = (y * img.width + tile.x0) * 3;
+            data.extend_from_slice(&img.data[start..start + tile.width * 3]);
+        }
+        let p = &self.manifest.preprocess;
+        let resized = transform::normalize_and_resize(&data, tile.height, tile.width, p);
+        Prepared {
+            input: transform::pad(&resized, p.size_divisible),
+            meta: ImageMeta {
+                original: (tile.height, tile.width),
+                decode_ms: 0.0,
+                preprocess_ms: ms(t),
+            },
+        }
+    }
+
+    /// A tile's detections in the coordinates of the `h × w` image.
+    pub fn tile_detections(
+        &self,
+        d: Detections,
+        tile: Tile,
+        (h, w): (usize, usize),
+    ) -> Vec<TileDetection> {
+        let mm = d.mask_size * d.mask_size;
+        d.detections
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let probs = d
+                    .mask_probs
+                    .get(i * mm..(i + 1) * mm)
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_default();
+                TileDetection::new(r, probs, tile, h, w)
+            })
+            .collect()
+    }
+
+    /// Merges the tiles' detections and pastes and encodes their masks at the image's size.
+    /// Each detection's mask is a window over its box (the union of its pieces' windows), so
+    /// no full-size mask is ever held.
+    pub fn postprocess_tiled(
+        &self,
+        dets: Vec<TileDetection>,
+        meta: &ImageMeta,
+        opts: &PredictOptions,
+        mut timings: StageTimings,
+    ) -> ImageResult {
+        let t = Instant::now();
+        let (h, w) = meta.original;
+        let m = self.manifest.mask.size;
+        let mask_thr = opts
+            .mask_threshold
+            .unwrap_or(self.manifest.mask.threshold as f32);
+        // max_detections caps each tile (as any image) and the merged result.
+        let max = opts.max_detections.unwrap_or(usize::MAX);
+        let merged = tiling::merge(dets, self.det.nms_thresh, max);
+        let detections = merged
+            .iter()
+            .map(|d| {
+                let pasted = (opts.mask_format != MaskFormat::None)
+                    .then(|| {
+                        let parts: Vec<PastedMask> = d
+                            .parts
+                            .iter()
+                            .filter(|p| p.probs.len() == m * m)
+                            .map(|p| paste_mask(&p.probs, m, &p.bbox, h, w, mask_thr))
+                            .collect();
+                        paste::union(&parts)
+                    })
+                    .flatten();
+                self.detection(&d.det, pasted, opts.mask_format)
+            })
+            .collect();
+        timings.decode = meta.decode_ms;
+        timings.paste_encode = ms(t);
+        ImageResult {
+            width: w as u32,
+            height: h as u32,
+            detections,
+            timings,
+        }
     }
 }
 
@@ -485,6 +608,28 @@ pub fn validate(o: &PredictOptions) -> Result<(), String> {
     }
     if o.max_detections == Some(0) {
         return Err("max_detections must be at least 1".into());
+    }
+    if let Some(size) = o.tile_size.filter(|&s| s > 0) {
+        let overlap = o.tile_overlap.unwrap_or(size / 4);
+        validate_tiling(Tiling { size, overlap }, o.mask_format)?;
+    }
+    Ok(())
+}
+
+/// A tiling's sizes, and the mask formats it allows.
+pub fn validate_tiling(t: Tiling, format: MaskFormat) -> Result<(), String> {
+    if t.size < 32 || t.overlap >= t.size {
+        return Err(format!(
+            "tile_size must be at least 32 and tile_overlap below it, got {} and {}",
+            t.size, t.overlap
+        ));
+    }
+    if format == MaskFormat::Png {
+        return Err(
+            "mask_format png is not available with tiling (a full-size PNG per detection); \
+             use rle or polygon"
+                .into(),
+        );
     }
     Ok(())
 }

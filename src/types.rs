@@ -17,6 +17,14 @@ pub enum MaskFormat {
     None,
 }
 
+/// Tiled inference: square tiles of `size` pixels overlapping by `overlap` pixels, each run at
+/// the model's own scale (detection::tiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tiling {
+    pub size: usize,
+    pub overlap: usize,
+}
+
 /// Per-request options; `None` means "the model's default".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PredictOptions {
@@ -24,6 +32,10 @@ pub struct PredictOptions {
     pub mask_threshold: Option<f32>,
     pub max_detections: Option<usize>,
     pub mask_format: MaskFormat,
+    /// Tiled inference: the tile side in pixels (0: whole-image inference even where the model
+    /// tiles by default), and the overlap; `None` leaves the model's `tiling` (model.json).
+    pub tile_size: Option<usize>,
+    pub tile_overlap: Option<usize>,
     /// Test hook: panic inside the pipeline while holding a session set (the server sets it
     /// only with the hidden `--debug-allow-panic` flag and a `debug_panic=1` custom attribute).
     #[doc(hidden)]

@@ -331,6 +331,11 @@ def main(argv: list[str] | None = None) -> None:
         "dense: the first format, every RoI pooled on every level inside the head graphs",
     )
     p.add_argument("--detections", type=int, help="override detections per image")
+    p.add_argument(
+        "--write-checkpoint",
+        action="store_true",
+        help="also write checkpoint.pt with --random/--weights (TorchServe benchmarks load it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         a.name or a.out.name,
         sorted(a.samples),
         single=not a.no_single,
-        checkpoint=a.out / "checkpoint.pt" if a.checkpoint else None,
+        checkpoint=a.out / "checkpoint.pt" if a.checkpoint or a.write_checkpoint else None,
         roi_pooling=a.roi_pooling.replace("-", "_"),
     )
     print(a.out)

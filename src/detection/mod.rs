@@ -10,4 +10,5 @@ pub mod paste;
 pub mod poolers;
 pub mod roi_heads;
 pub mod rpn;
+pub mod tiling;
 pub mod transform;

@@ -125,10 +125,66 @@ pub fn paste_mask(
     }
 }
 
+/// The union (pixel-wise OR) of masks of one image, as one window over their windows.
+pub fn union(masks: &[PastedMask]) -> Option<PastedMask> {
+    let first = masks.first()?;
+    let (height, width) = (first.height, first.width);
+    let outside = masks.iter().map(|m| m.outside).max().unwrap_or(0);
+    let some: Vec<&PastedMask> = masks
+        .iter()
+        .filter(|m| m.x1 > m.x0 && m.y1 > m.y0)
+        .collect();
+    let (x0, y0) = (
+        some.iter().map(|m| m.x0).min().unwrap_or(0),
+        some.iter().map(|m| m.y0).min().unwrap_or(0),
+    );
+    let (x1, y1) = (
+        some.iter().map(|m| m.x1).max().unwrap_or(0),
+        some.iter().map(|m| m.y1).max().unwrap_or(0),
+    );
+    let ww = x1.saturating_sub(x0);
+    let mut window = vec![outside; ww * y1.saturating_sub(y0)];
+    for m in &some {
+        let mw = m.x1 - m.x0;
+        for y in m.y0..m.y1 {
+            let src = &m.window[(y - m.y0) * mw..(y - m.y0 + 1) * mw];
+            let dst = &mut window[(y - y0) * ww + (m.x0 - x0)..][..mw];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d |= s;
+            }
+        }
+    }
+    Some(PastedMask {
+        height,
+        width,
+        x0,
+        y0,
+        x1,
+        y1,
+        window,
+        outside,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::detection::transform::resize_plane;
+
+    #[test]
+    fn union_is_the_or_of_the_masks() {
+        let probs: Vec<f32> = (0..16).map(|i| (i % 5) as f32 / 4.0).collect();
+        let a = paste_mask(&probs, 4, &[1.0, 1.0, 6.0, 5.0], 10, 12, 0.5);
+        let b = paste_mask(&probs, 4, &[5.0, 3.0, 11.0, 9.0], 10, 12, 0.5);
+        let u = union(&[a.clone(), b.clone()]).unwrap();
+        let want: Vec<u8> = a
+            .to_dense()
+            .iter()
+            .zip(b.to_dense())
+            .map(|(x, y)| x | y)
+            .collect();
+        assert_eq!(u.to_dense(), want);
+    }
 
     /// Straightforward full-image version of torchvision's paste_mask_in_image.
     fn reference(

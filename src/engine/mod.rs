@@ -9,6 +9,11 @@
 //! ([`MaskRcnn::postprocess`]), which serve them before new decodes, so finished work leaves
 //! first. The request answers once all its images are done, in order.
 //!
+//! An image with tiling options is decoded once and cut into tiles, which run through the
+//! batcher like images (tiles of one size share a bucket, so they batch together); the last
+//! tile to finish merges all of them ([`MaskRcnn::postprocess_tiled`]). Only the decoded image
+//! and the tiles staged for the backends are in memory at once.
+//!
 //! Bounds: at most `queue_size` requests wait for a backend (more get [`QueueFull`], a 503);
 //! prepared tensors are capped at what the backends can take next, so a burst of large
 //! images waits as compressed bytes, not as float tensors. An image whose request has been
@@ -30,9 +35,11 @@ use self::batcher::{Batcher, Next};
 pub use self::request::{JobError, JobResult};
 use self::request::{Outcome, Request, Skip};
 use crate::backend::{Arena, Backend};
+use crate::decode::RgbImage;
+use crate::detection::tiling::{self, Tile, TileDetection};
 use crate::metrics::Metrics;
-use crate::pipeline::{validate, Detections, ImageMeta, MaskRcnn, Prepared};
-use crate::types::{PredictError, PredictOptions};
+use crate::pipeline::{validate, validate_tiling, Detections, ImageMeta, MaskRcnn, Prepared};
+use crate::types::{PredictError, PredictOptions, StageTimings};
 
 /// Engine settings (resolved by the config module).
 #[derive(Debug, Clone)]
@@ -76,6 +83,102 @@ pub enum Refused {
 struct Item {
     request: Arc<Request>,
     index: usize,
+    /// Set for one tile of a tiled image.
+    tile: Option<TileRef>,
+}
+
+impl Item {
+    fn image(request: Arc<Request>, index: usize) -> Item {
+        Item {
+            request,
+            index,
+            tile: None,
+        }
+    }
+}
+
+struct TileRef {
+    image: Arc<Tiled>,
+    index: usize,
+}
+
+/// A tiled image in flight: the decoded pixels until every tile is cut, and what the tiles
+/// have given so far.
+struct Tiled {
+    tiles: Vec<Tile>,
+    meta: ImageMeta,
+    pixels: Mutex<Option<Arc<RgbImage>>>,
+    progress: Mutex<TileProgress>,
+}
+
+#[derive(Default)]
+struct TileProgress {
+    /// Tiles not yet finished, failed or skipped.
+    remaining: usize,
+    /// Tiles not yet cut from the image.
+    uncut: usize,
+    detections: Vec<TileDetection>,
+    timings: StageTimings,
+    /// The first failure; a skipped tile (deadline, client gone) fails the image silently.
+    error: Option<Option<PredictError>>,
+}
+
+/// What the last tile of an image leaves to do.
+enum TilesDone {
+    Pending,
+    Failed(Option<PredictError>),
+    Merge(Vec<TileDetection>, StageTimings),
+}
+
+impl Tiled {
+    fn progress(&self) -> MutexGuard<'_, TileProgress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The image to cut tile `k` from; the pixels are released with the last cut.
+    fn cut(&self) -> Option<Arc<RgbImage>> {
+        let mut pixels = self.pixels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.progress();
+        p.uncut = p.uncut.saturating_sub(1);
+        if p.uncut == 0 {
+            pixels.take()
+        } else {
+            pixels.clone()
+        }
+    }
+
+    /// Records one tile's end: its detections, or `Err` (an error, or `None` when skipped).
+    fn end(
+        &self,
+        outcome: Result<(Vec<TileDetection>, StageTimings), Option<PredictError>>,
+    ) -> TilesDone {
+        let mut p = self.progress();
+        match outcome {
+            Ok((dets, t)) => {
+                p.detections.extend(dets);
+                let sum = &mut p.timings;
+                sum.preprocess += t.preprocess;
+                sum.backbone_rpn += t.backbone_rpn;
+                sum.proposals += t.proposals;
+                sum.box_head += t.box_head;
+                sum.detections += t.detections;
+                sum.mask_head += t.mask_head;
+            }
+            Err(e) => {
+                if p.error.is_none() {
+                    p.error = Some(e);
+                }
+            }
+        }
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining > 0 {
+            return TilesDone::Pending;
+        }
+        match p.error.take() {
+            Some(e) => TilesDone::Failed(e),
+            None => TilesDone::Merge(std::mem::take(&mut p.detections), p.timings.clone()),
+        }
+    }
 }
 
 struct Staged {
@@ -85,11 +188,14 @@ struct Staged {
 
 enum CpuTask {
     Prepare(Item, Vec<u8>),
+    Cut(Item),
     Finish(Item, Detections, ImageMeta),
 }
 
 struct State {
     prepare: VecDeque<(Item, Vec<u8>)>,
+    /// Tiles of decoded images, cut before new images are decoded.
+    cut: VecDeque<Item>,
     finish: VecDeque<(Item, Detections, ImageMeta)>,
     batcher: Batcher<Staged>,
     /// Images being prepared or waiting in the batcher.
@@ -149,6 +255,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 prepare: VecDeque::new(),
+                cut: VecDeque::new(),
                 finish: VecDeque::new(),
                 batcher: Batcher::default(),
                 staged: 0,
@@ -211,6 +318,7 @@ impl Engine {
         // (the engine stopped) instead of leaving them waiting for their deadlines.
         let mut st = s.lock();
         st.prepare.clear();
+        st.cut.clear();
         st.finish.clear();
         st.batcher = Batcher::default();
         st.staged = 0;
@@ -267,11 +375,8 @@ impl Engine {
         s.active.fetch_add(images.len(), Ordering::SeqCst);
         s.metrics.queue_depth.set(st.waiting as i64);
         for (index, bytes) in images.into_iter().enumerate() {
-            let item = Item {
-                request: Arc::clone(&request),
-                index,
-            };
-            st.prepare.push_back((item, bytes));
+            st.prepare
+                .push_back((Item::image(Arc::clone(&request), index), bytes));
         }
         drop(st);
         s.cpu_wake.notify_all();
@@ -320,9 +425,10 @@ impl Drop for Engine {
     }
 }
 
-/// Counts an image out of the queue bound (taken by a backend or dropped before).
+/// Counts an image out of the queue bound (taken by a backend or dropped before; a tiled
+/// image once it is cut into tiles).
 fn leave_queue(s: &Shared, st: &mut State, item: &Item) {
-    if item.request.leave_queue() {
+    if item.tile.is_none() && item.request.leave_queue() {
         st.waiting = st.waiting.saturating_sub(1);
         s.metrics.queue_depth.set(st.waiting as i64);
     }
@@ -355,6 +461,22 @@ fn finish(
     item: &Item,
     outcome: Option<Result<crate::types::ImageResult, PredictError>>,
 ) {
+    if let Some(t) = &item.tile {
+        // A tile only ends here when it failed or was skipped; its image fails with it once
+        // every tile has ended.
+        let error = match outcome {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        };
+        if let TilesDone::Failed(e) = t.image.end(Err(error)) {
+            finish(
+                s,
+                &Item::image(Arc::clone(&item.request), item.index),
+                e.map(Err),
+            );
+        }
+        return;
+    }
     s.active.fetch_sub(1, Ordering::SeqCst);
     if item.request.finish(item.index, outcome) == Outcome::ClientGone
         && item.request.count_client_gone()
@@ -382,6 +504,10 @@ fn cpu_loop(s: &Shared) {
                     break CpuTask::Finish(item, d, meta);
                 }
                 if st.staged < s.staged_limit {
+                    if let Some(item) = st.cut.pop_front() {
+                        st.staged += 1;
+                        break CpuTask::Cut(item);
+                    }
                     if let Some((item, bytes)) = st.prepare.pop_front() {
                         st.staged += 1;
                         break CpuTask::Prepare(item, bytes);
@@ -392,6 +518,8 @@ fn cpu_loop(s: &Shared) {
         };
         match task {
             CpuTask::Prepare(item, bytes) => prepare(s, item, &bytes),
+            CpuTask::Cut(item) => cut_tile(s, item),
+            CpuTask::Finish(item, d, _) if item.tile.is_some() => finish_tile(s, item, d),
             CpuTask::Finish(item, d, meta) => {
                 let r = &item.request;
                 let opts = &r.opts[item.index];
@@ -409,6 +537,14 @@ fn cpu_loop(s: &Shared) {
 fn prepare(s: &Shared, item: Item, bytes: &[u8]) {
     let r = Arc::clone(&item.request);
     let opts = &r.opts[item.index];
+    if let (Some(tiling), Ok(())) = (
+        s.model.tiling_for(opts),
+        r.check(item.index, Instant::now()),
+    ) {
+        if validate(opts).is_ok() {
+            return prepare_tiled(s, item, bytes, tiling);
+        }
+    }
     let ready = match r.check(item.index, Instant::now()) {
         Err(why) => Err(Some(why)),
         Ok(()) => validate(opts)
@@ -438,6 +574,118 @@ fn prepare(s: &Shared, item: Item, bytes: &[u8]) {
             if let Some(why) = why {
                 skip(s, &item, why);
             }
+        }
+    }
+}
+
+/// Decodes a tiled image and queues its tiles to be cut.
+fn prepare_tiled(s: &Shared, item: Item, bytes: &[u8], tiling: crate::types::Tiling) {
+    let opts = &item.request.opts[item.index];
+    let decoded = validate_tiling(tiling, opts.mask_format)
+        .map_err(PredictError::BadOption)
+        .and_then(|()| {
+            catch_unwind(AssertUnwindSafe(|| s.model.decode_for_tiling(bytes)))
+                .unwrap_or_else(|_| Err(panicked()))
+        });
+    let mut st = s.lock();
+    st.staged -= 1;
+    leave_queue(s, &mut st, &item);
+    let (img, decode_ms) = match decoded {
+        Ok(d) => d,
+        Err(e) => {
+            drop(st);
+            s.cpu_wake.notify_one();
+            return finish(s, &item, Some(Err(e)));
+        }
+    };
+    let tiles = tiling::grid(img.height, img.width, tiling);
+    let n = tiles.len();
+    let image = Arc::new(Tiled {
+        meta: ImageMeta {
+            original: (img.height, img.width),
+            decode_ms,
+            preprocess_ms: 0.0,
+        },
+        tiles,
+        pixels: Mutex::new(Some(Arc::new(img))),
+        progress: Mutex::new(TileProgress {
+            remaining: n,
+            uncut: n,
+            ..Default::default()
+        }),
+    });
+    for index in 0..n {
+        st.cut.push_back(Item {
+            request: Arc::clone(&item.request),
+            index: item.index,
+            tile: Some(TileRef {
+                image: Arc::clone(&image),
+                index,
+            }),
+        });
+    }
+    drop(st);
+    s.cpu_wake.notify_all();
+}
+
+/// Cuts one tile and stages it for the backends.
+fn cut_tile(s: &Shared, item: Item) {
+    let Some(t) = &item.tile else { return };
+    let pixels = t.image.cut();
+    let tile = t.image.tiles[t.index];
+    let prepared = match (item.request.check(item.index, Instant::now()), pixels) {
+        (Ok(()), Some(img)) => catch_unwind(AssertUnwindSafe(|| s.model.prepare_tile(&img, tile)))
+            .map_err(|_| Err(panicked())),
+        (Err(why), _) => Err(Ok(why)),
+        (Ok(()), None) => Err(Err(PredictError::Inference(
+            "internal: a tile was cut after its image was released".into(),
+        ))),
+    };
+    let mut st = s.lock();
+    match prepared {
+        Ok(prepared) => {
+            st.batcher
+                .push(prepared.bucket(), Staged { item, prepared });
+            drop(st);
+            s.backend_wake.notify_one();
+        }
+        Err(why) => {
+            st.staged -= 1;
+            drop(st);
+            s.cpu_wake.notify_one();
+            match why {
+                Ok(skipped) => skip(s, &item, skipped),
+                Err(e) => finish(s, &item, Some(Err(e))),
+            }
+        }
+    }
+}
+
+/// A tile's detections: recorded; the last tile of the image merges and answers.
+fn finish_tile(s: &Shared, item: Item, d: Detections) {
+    let Some(t) = &item.tile else { return };
+    let image = &t.image;
+    let timings = d.timings.clone();
+    let dets = catch_unwind(AssertUnwindSafe(|| {
+        s.model
+            .tile_detections(d, image.tiles[t.index], image.meta.original)
+    }))
+    .map(|dets| (dets, timings));
+    let done = image.end(dets.map_err(|_| Some(panicked())));
+    let whole = Item::image(Arc::clone(&item.request), item.index);
+    match done {
+        TilesDone::Pending => {}
+        TilesDone::Failed(e) => finish(s, &whole, e.map(Err)),
+        TilesDone::Merge(dets, timings) => {
+            let opts = &item.request.opts[item.index];
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                s.model.postprocess_tiled(dets, &image.meta, opts, timings)
+            }))
+            .map_err(|_| panicked());
+            if let Ok(res) = &result {
+                s.metrics.observe_result(res);
+            }
+            finish(s, &whole, Some(result));
         }
     }
 }

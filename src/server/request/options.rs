@@ -14,6 +14,8 @@ pub struct OptionOverrides {
     pub mask_threshold: Option<f32>,
     pub max_detections: Option<usize>,
     pub mask_format: Option<MaskFormat>,
+    pub tile_size: Option<usize>,
+    pub tile_overlap: Option<usize>,
 }
 
 impl OptionOverrides {
@@ -31,6 +33,12 @@ impl OptionOverrides {
         if let Some(v) = self.mask_format {
             base.mask_format = v;
         }
+        if let Some(v) = self.tile_size {
+            base.tile_size = Some(v);
+        }
+        if let Some(v) = self.tile_overlap {
+            base.tile_overlap = Some(v);
+        }
     }
 
     /// Layers `self` over another override set (for `parameters` over top-level keys).
@@ -47,6 +55,12 @@ impl OptionOverrides {
         if self.mask_format.is_some() {
             base.mask_format = self.mask_format;
         }
+        if self.tile_size.is_some() {
+            base.tile_size = self.tile_size;
+        }
+        if self.tile_overlap.is_some() {
+            base.tile_overlap = self.tile_overlap;
+        }
     }
 }
 
@@ -59,7 +73,12 @@ enum OptKey {
     Mask,
     MaxDet,
     Format,
+    TileSize,
+    TileOverlap,
 }
+
+/// Largest tile side: far above any model's input size.
+const MAX_TILE: usize = 16_384;
 
 fn option_key(key: &str) -> Option<OptKey> {
     match key.trim().to_ascii_lowercase().replace('-', "_").as_str() {
@@ -67,6 +86,8 @@ fn option_key(key: &str) -> Option<OptKey> {
         "mask_threshold" | "mask_thresh" => Some(OptKey::Mask),
         "max_detections" | "max_dets" | "detections_per_img" => Some(OptKey::MaxDet),
         "mask_format" => Some(OptKey::Format),
+        "tile_size" => Some(OptKey::TileSize),
+        "tile_overlap" => Some(OptKey::TileOverlap),
         _ => None,
     }
 }
@@ -83,6 +104,18 @@ fn parse_max_detections(s: &str) -> Option<usize> {
         .parse::<usize>()
         .ok()
         .filter(|v| (1..=MAX_DETECTIONS_LIMIT).contains(v))
+}
+
+/// A tile side: 0 (no tiling) or 32..=16384 pixels.
+fn parse_tile_size(s: &str) -> Option<usize> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|v| *v == 0 || (32..=MAX_TILE).contains(v))
+}
+
+fn parse_tile_overlap(s: &str) -> Option<usize> {
+    s.trim().parse::<usize>().ok().filter(|v| *v < MAX_TILE)
 }
 
 fn parse_mask_format(s: &str) -> Option<MaskFormat> {
@@ -160,6 +193,16 @@ pub fn read_custom_attributes(header: &str) -> CustomAttributes {
                 let v = parse_mask_format(value);
                 o.mask_format = v.or(o.mask_format);
                 ("mask_format", v.map(|f| mask_format_name(f).to_string()))
+            }
+            OptKey::TileSize => {
+                let v = parse_tile_size(value);
+                o.tile_size = v.or(o.tile_size);
+                ("tile_size", v.map(|v| v.to_string()))
+            }
+            OptKey::TileOverlap => {
+                let v = parse_tile_overlap(value);
+                o.tile_overlap = v.or(o.tile_overlap);
+                ("tile_overlap", v.map(|v| v.to_string()))
             }
         };
         match applied {
@@ -241,6 +284,16 @@ pub(super) fn options_from_json(
                     parse_mask_format(&text)
                         .ok_or_else(|| bad("one of rle, polygon, png, none"))?,
                 )
+            }
+            OptKey::TileSize => {
+                out.tile_size = Some(
+                    parse_tile_size(&text)
+                        .ok_or_else(|| bad("0 (no tiling) or an integer in [32, 16384]"))?,
+                )
+            }
+            OptKey::TileOverlap => {
+                out.tile_overlap =
+                    Some(parse_tile_overlap(&text).ok_or_else(|| bad("an integer in [0, 16384)"))?)
             }
         }
     }
