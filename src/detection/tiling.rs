@@ -2,15 +2,17 @@
 //! overlapping tiles of one size (so they batch together), each tile runs at the model's own
 //! scale, and the detections, mapped back to image coordinates, are merged across tiles.
 //!
-//! The merge, per class, in order of (seen whole first, then score). Two detections from
-//! different tiles are the same object when their boxes, clipped to the part of the image both
-//! tiles see, overlap by IoU above the model's NMS threshold: in that shared part both tiles saw
-//! the same pixels, so one object gives nearly the same clipped box twice, while two objects
-//! side by side do not. A detection cut by a tile border (its box touches an edge of its tile
-//! that is not an edge of the image) is only part of an object; matched to a detection seen
-//! whole, it is dropped; matched to another cut one, the two are united (box and mask union),
-//! which is how an object larger than the overlap, seen whole by no tile, comes out as one
-//! detection. A detection seen whole that matches a kept one is a duplicate and dropped.
+//! The merge, in order of (seen whole first, then score). Two detections from different tiles
+//! are the same object when their boxes, clipped to the part of the image both tiles see,
+//! overlap by IoU above the model's NMS threshold: in that shared part both tiles saw the same
+//! pixels, so one object gives nearly the same clipped box twice, while two objects side by
+//! side do not. A detection seen whole that matches a kept one of its class is a duplicate and
+//! dropped (per class, as the model's own NMS). A detection cut by a tile border (its box
+//! touches an edge of its tile that is not an edge of the image) is only part of an object,
+//! and its class is unreliable (half a circle looks like a square): it is matched whatever the
+//! classes. Matched to a detection seen whole, it is dropped; matched to another cut one, the
+//! two are united (box and mask union, the class of the better-scoring piece), which is how an
+//! object larger than the overlap, seen whole by no tile, comes out as one detection.
 //! Detections of the same tile are never merged: the model's own NMS already separated them.
 
 use super::nms::box_iou;
@@ -26,8 +28,11 @@ pub struct Tile {
     pub height: usize,
 }
 
-/// Pixels from a tile's inner edge within which a box counts as cut by it.
-const CUT_MARGIN: f32 = 2.0;
+/// Distance from a tile's inner edge within which a box counts as cut by it: a box regressed
+/// onto an object the border cuts can stop a few pixels short of the border.
+fn cut_margin(tile: Tile) -> f32 {
+    (tile.width.min(tile.height) as f32 / 32.0).max(4.0)
+}
 
 /// Start offsets along one axis: every `stride`, the last tile flush with the end.
 fn starts(len: usize, size: usize, stride: usize) -> Vec<usize> {
@@ -80,10 +85,11 @@ impl TileDetection {
         let (tx2, ty2) = (tx1 + tile.width as f32, ty1 + tile.height as f32);
         det.bbox = [x1 + tx1, y1 + ty1, x2 + tx1, y2 + ty1];
         let [x1, y1, x2, y2] = det.bbox;
-        let cut = (tile.x0 > 0 && x1 <= tx1 + CUT_MARGIN)
-            || (tile.y0 > 0 && y1 <= ty1 + CUT_MARGIN)
-            || (tile.x0 + tile.width < w && x2 >= tx2 - CUT_MARGIN)
-            || (tile.y0 + tile.height < h && y2 >= ty2 - CUT_MARGIN);
+        let margin = cut_margin(tile);
+        let cut = (tile.x0 > 0 && x1 <= tx1 + margin)
+            || (tile.y0 > 0 && y1 <= ty1 + margin)
+            || (tile.x0 + tile.width < w && x2 >= tx2 - margin)
+            || (tile.y0 + tile.height < h && y2 >= ty2 - margin);
         TileDetection {
             det,
             probs,
@@ -152,7 +158,7 @@ pub fn merge(mut dets: Vec<TileDetection>, nms_thresh: f64, max: usize) -> Vec<M
     let mut kept: Vec<Merged> = Vec::new();
     for d in dets {
         let host = kept.iter_mut().find(|m| {
-            m.det.label == d.det.label
+            (d.cut || m.det.label == d.det.label)
                 && m.parts
                     .iter()
                     .any(|p| same_object(&d.det.bbox, d.tile, &p.bbox, p.tile, nms_thresh))
@@ -237,6 +243,15 @@ mod tests {
         // Touches the top edge, which is the image's: not cut.
         let d = TileDetection::new(det([20.0, 0.0, 30.0, 40.0], 0.9, 1), vec![], tile, 100, 300);
         assert!(!d.cut);
+        // Stops 3 px short of the right edge (inside the image): cut all the same.
+        let d = TileDetection::new(
+            det([50.0, 10.0, 97.0, 40.0], 0.9, 1),
+            vec![],
+            tile,
+            100,
+            300,
+        );
+        assert!(d.cut);
     }
 
     #[test]
@@ -264,11 +279,13 @@ mod tests {
                 // higher-scoring piece is dropped.
                 td([90.0, 50.0, 100.0, 60.0], 0.95, 1, left, true),
                 td([90.0, 50.0, 110.0, 60.0], 0.7, 1, right, false),
-                // The same place, another class: kept.
+                // A piece of the same object taken for another class: dropped too.
                 td([90.0, 50.0, 100.0, 60.0], 0.6, 2, left, true),
+                // Whole, another class, at the place of the first: kept (per-class NMS).
+                td([82.0, 10.0, 95.0, 30.0], 0.4, 2, left, false),
                 // An object wider than the overlap, cut in both tiles: united.
                 td([40.0, 70.0, 100.0, 90.0], 0.6, 1, left, true),
-                td([80.0, 70.0, 150.0, 90.0], 0.65, 1, right, true),
+                td([80.0, 70.0, 150.0, 90.0], 0.65, 3, right, true),
                 // Next to it in the left tile, a distinct object of the same class.
                 td([84.0, 92.0, 100.0, 99.0], 0.5, 1, left, true),
             ],
@@ -281,7 +298,7 @@ mod tests {
         assert!(boxes.contains(&[90.0, 50.0, 110.0, 60.0]));
         let united = merged.iter().find(|m| m.parts.len() == 2).unwrap();
         assert_eq!(united.det.bbox, [40.0, 70.0, 150.0, 90.0]);
-        assert_eq!(united.det.score, 0.65);
+        assert_eq!((united.det.score, united.det.label), (0.65, 3));
         assert!(merged.iter().any(|m| m.det.label == 2));
         assert!(boxes.contains(&[84.0, 92.0, 100.0, 99.0]));
     }

@@ -395,7 +395,7 @@ async fn read_invocation(
 
     // JSON and base64 of a 6 MiB body take milliseconds of CPU: keep them off the executor.
     let max_instances = settings.max_instances;
-    let mut parsed = web::block(move || request::parse_request(kind, &body, max_instances))
+    let mut parsed = web::block(move || request::parse_body(kind, body, max_instances))
         .await
         .map_err(|_| ApiError::internal("request parser failed"))??;
     metrics

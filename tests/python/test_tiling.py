@@ -153,6 +153,21 @@ def test_shapes_across_tile_borders_come_out_once_and_whole(server: Server) -> N
     assert len(dets) == len(shapes), [(d["class_name"], d["box"]) for d in dets]
 
 
+def test_shapes_larger_than_the_overlap_are_united(server: Server) -> None:
+    # 140-160 px across against a 96 px overlap: no tile sees them whole, so each comes out of
+    # two or four tiles in pieces (a half circle taken for a square among them).
+    png, truth = draw(500, 600, [(1, 256, 200, 70), (2, 420, 290, 80)])
+    status, res = server.invoke(png, TILE)
+    assert status == 200, res
+    dets = confident(res)
+    assert sorted(d["class_id"] for d in dets) == sorted(label for label, _ in truth), [
+        (d["class_name"], d["box"]) for d in dets
+    ]
+    for label, m in truth:
+        (d,) = [d for d in dets if d["class_id"] == label]
+        assert mask_iou(d, m) >= 0.9, (label, mask_iou(d, m))
+
+
 def test_an_image_within_one_tile_is_the_same_tiled_or_not(server: Server) -> None:
     sample = (FIXTURE / "samples" / "00000.png").read_bytes()
     h, w = Image.open(io.BytesIO(sample)).size[::-1]

@@ -91,6 +91,27 @@ impl ParsedRequest {
     }
 }
 
+/// [`parse_request`] on an owned body: a raw image body becomes the instance as it is, so a
+/// large image (asynchronous inference takes up to 1 GB) is held once, not copied.
+pub fn parse_body(
+    kind: RequestKind,
+    body: Vec<u8>,
+    max_instances: usize,
+) -> Result<ParsedRequest, ApiError> {
+    if kind != RequestKind::Image || body.iter().all(|b| b.is_ascii_whitespace()) {
+        return parse_request(kind, &body, max_instances);
+    }
+    Ok(ParsedRequest {
+        envelope: Envelope::Single,
+        instances: vec![Instance {
+            image: body,
+            kind: InstanceKind::Plain,
+            options: OptionOverrides::default(),
+        }],
+        options: OptionOverrides::default(),
+    })
+}
+
 /// Parses an `/invocations` body. `max_instances` bounds the images of one request.
 pub fn parse_request(
     kind: RequestKind,
