@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Render the manifests with the values in k8s/values.yaml and apply them with kubectl.
 #
-# usage: deploy.sh [options] operator|ack|plain [train|serve|batch|mme|ic|all]...
+# usage: deploy.sh [options] operator|ack|plain [train|serve|batch|mme|ic|async|all]...
 #   operator   SageMaker Operator for Kubernetes (sagemaker.aws.amazon.com/v1, end of life)
 #   ack        ACK SageMaker controller (sagemaker.services.k8s.aws/v1alpha1)
 #   plain      in-cluster Deployment + Service + HorizontalPodAutoscaler
 #   components default to all = train serve batch (plain has only serve). Other endpoints,
 #   deployed only when named: mme (multi-model endpoint; operator, ack), ic (inference
-#   components; ack). Options go anywhere.
+#   components; ack), async (asynchronous inference for large images; ack). Options go
+#   anywhere.
 # options:
 #   --dry-run          render, then print every kubectl command instead of running it
 #   --delete           delete the rendered objects instead (reverse order; keeps the namespace)
@@ -68,21 +69,23 @@ case "${FLAVOR}" in
   *) echo "deploy.sh: flavor must be operator, ack or plain, not '${FLAVOR}'" >&2; exit 2 ;;
 esac
 
-# "all" is the one-model path; mme and ic are other endpoints, deployed only when named.
+# "all" is the one-model path; mme, ic and async are other endpoints, deployed only when named.
 NAMED=()
 for component in "${WANTED[@]}"; do
   case "${component}" in
     all) NAMED+=(train serve batch) ;;
-    train|serve|batch|mme|ic) NAMED+=("${component}") ;;
+    train|serve|batch|mme|ic|async) NAMED+=("${component}") ;;
     *)
-      echo "deploy.sh: unknown component '${component}' (train, serve, batch, mme, ic, all)" >&2
+      echo "deploy.sh: unknown component '${component}'" \
+        "(train, serve, batch, mme, ic, async, all)" >&2
       exit 2
       ;;
   esac
 done
-# Phases run in this order: the model that serve, batch and ic use is the training job's output.
+# Phases run in this order: the model that serve, batch, ic and async use is the training job's
+# output.
 PHASES=()
-for phase in train serve batch mme ic; do
+for phase in train serve batch mme ic async; do
   if [[ " ${NAMED[*]} " == *" ${phase} "* ]]; then
     PHASES+=("${phase}")
   fi
@@ -92,8 +95,14 @@ if [[ "${FLAVOR}" != ack && " ${PHASES[*]} " == *" ic "* ]]; then
   echo "deploy.sh: inference components (ic) exist only with ack" >&2
   exit 2
 fi
+if [[ "${FLAVOR}" == operator && " ${PHASES[*]} " == *" async "* ]]; then
+  echo "deploy.sh: asynchronous inference (async) exists only with ack: the operator's" \
+    "HostingDeployment has no asyncInferenceConfig (docs/deploy.md)" >&2
+  exit 2
+fi
 if [[ "${FLAVOR}" == plain ]]; then
-  if [[ " ${PHASES[*]} " != *" serve "* || " ${PHASES[*]} " == *" mme "* ]]; then
+  if [[ " ${PHASES[*]} " != *" serve "* || " ${PHASES[*]} " == *" mme "* ||
+    " ${PHASES[*]} " == *" async "* ]]; then
     echo "deploy.sh: plain has only the serve component" >&2
     exit 2
   fi
@@ -114,6 +123,48 @@ if [[ -z "${OUT}" ]]; then
 fi
 NAMESPACE="$(render --get namespace)"
 K=("${KUBECTL[@]}" -n "${NAMESPACE}")
+
+# The async container's settings, checked before anything is applied: an endpoint with a bad
+# one would fail only once a request arrives (docs/deploy.md, "Asynchronous inference").
+check_async_values() {
+  local payload timeout body pixels output failure
+  { read -r payload; read -r timeout; read -r body; read -r pixels; read -r output
+    read -r failure; } < <(render --get async_max_payload_bytes \
+    --get async_model_server_timeout_seconds --get async_body_timeout_seconds \
+    --get async_max_pixels --get async_output_s3_uri --get async_failure_s3_uri)
+  if [[ ! "${payload}" =~ ^[1-9][0-9]{0,9}$ ]] || (( payload > 1073741824 )); then
+    echo "deploy.sh: async_max_payload_bytes '${payload}' must be 1 to 1073741824 (1 GiB; async" \
+      "payloads are at most 1 GB)" >&2
+    return 2
+  fi
+  if [[ ! "${timeout}" =~ ^[1-9][0-9]{0,3}$ ]] || (( timeout > 3600 )); then
+    echo "deploy.sh: async_model_server_timeout_seconds '${timeout}' must be 1 to 3600 (an async" \
+      "invocation's longest timeout)" >&2
+    return 2
+  fi
+  if [[ ! "${body}" =~ ^[1-9][0-9]{0,3}$ ]] || (( body > timeout )); then
+    echo "deploy.sh: async_body_timeout_seconds '${body}' must be whole seconds from 1 to" \
+      "async_model_server_timeout_seconds (${timeout})" >&2
+    return 2
+  fi
+  if [[ ! "${pixels}" =~ ^[1-9][0-9]{0,11}$ ]]; then
+    echo "deploy.sh: async_max_pixels '${pixels}' must be a whole number of pixels" >&2
+    return 2
+  fi
+  if [[ "${output}" != s3://?*/ || "${failure}" != s3://?*/ ]]; then
+    echo "deploy.sh: async_output_s3_uri '${output}' and async_failure_s3_uri '${failure}'" \
+      "must be s3:// prefixes ending in '/'" >&2
+    return 2
+  fi
+  if [[ "${output}" == "${failure}" ]]; then
+    echo "deploy.sh: async_output_s3_uri and async_failure_s3_uri must differ, so that" \
+      "failures are told apart from results" >&2
+    return 2
+  fi
+}
+if [[ " ${PHASES[*]} " == *" async "* && "${DELETE}" -eq 0 ]]; then
+  check_async_values || exit 2
+fi
 
 # Render one phase into OUT/PHASE; prints the files in apply order.
 render_phase() {
@@ -175,6 +226,9 @@ wait_for() {
       ;;
     ack/mme)
       wait_endpoint "$(render --get mme_endpoint_name)"
+      ;;
+    ack/async)
+      wait_endpoint "$(render --get async_endpoint_name)"
       ;;
     ack/ic)
       run "${K[@]}" wait "inferencecomponent.${GROUP}/$(render --get ic_inference_component_name)" \

@@ -3,21 +3,27 @@
 
 Every environment-specific value (account, region, role ARNs, bucket, image URIs, instance
 types, names) lives in k8s/values.yaml; templates refer to them as ``${name}`` (``$${`` is a
-literal ``${``). A value may itself refer to other values.
+literal ``${``). A value may itself refer to other values. A template line that ends in
+``# when: name ...`` is kept (without that comment) only when one of the named values is not
+empty, so that optional fields (the async endpoint's SNS topics) are left out rather than sent
+empty.
 
     scripts/render_manifests.py --flavor ack --component serve --out rendered/
     scripts/render_manifests.py --flavor ack --component ic                  # to stdout
+    scripts/render_manifests.py --flavor ack --component async \
+        --set async_error_topic_arn=arn:aws:sns:us-west-2:111122223333:maskserve-errors
     scripts/render_manifests.py --flavor plain --set region=eu-west-1        # to stdout
     scripts/render_manifests.py --get serving_image_gpu --set region=eu-west-1
 
 Flavors: ``operator`` (SageMaker Operator for Kubernetes, sagemaker.aws.amazon.com/v1),
 ``ack`` (ACK SageMaker controller, sagemaker.services.k8s.aws/v1alpha1) and ``plain``
 (Deployment, Service, HorizontalPodAutoscaler). Components: ``train``, ``serve``, ``batch``,
-and two other kinds of endpoint: ``mme`` (a multi-model endpoint; operator and ack) and ``ic``
-(an endpoint with inference components; ack only). Each template names its components in a
-``# component:`` header line. ``all``, the default, is train, serve and batch: the one-model
-path; mme and ic are alternatives to serve and are rendered only when named. The Namespace in
-templates/common is rendered with every flavor.
+and three other kinds of endpoint: ``mme`` (a multi-model endpoint; operator and ack), ``ic``
+(an endpoint with inference components; ack only) and ``async`` (an asynchronous endpoint for
+large images; ack only). Each template names its components in a ``# component:`` header line.
+``all``, the default, is train, serve and batch: the one-model path; mme, ic and async are
+alternatives to serve and are rendered only when named. The Namespace in templates/common is
+rendered with every flavor.
 """
 
 from __future__ import annotations
@@ -37,13 +43,16 @@ K8S_DIR = REPO_ROOT / "k8s"
 DEFAULT_VALUES = K8S_DIR / "values.yaml"
 TEMPLATES_DIR = K8S_DIR / "templates"
 FLAVORS = ("operator", "ack", "plain")
-COMPONENTS = ("train", "serve", "batch", "mme", "ic")
-# What "all" (and no --component) selects: the one-model path. mme and ic are other endpoints.
+COMPONENTS = ("train", "serve", "batch", "mme", "ic", "async")
+# What "all" (and no --component) selects: the one-model path. mme, ic and async are other
+# endpoints.
 DEFAULT_COMPONENTS = ("train", "serve", "batch")
 COMMON_COMPONENT = "common"
 
 PLACEHOLDER = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 COMPONENT_HEADER = re.compile(r"^#\s*component:\s*(.+)$", re.MULTILINE)
+# A line kept only when one of the named values is not empty: "<line>  # when: a b".
+CONDITION = re.compile(r"^(?P<line>.*?)\s*#\s*when:(?P<keys>(?:\s+[A-Za-z_][A-Za-z0-9_]*)+)\s*$")
 
 
 class RenderError(Exception):
@@ -76,6 +85,24 @@ def _substitute(text: str, values: Mapping[str, str], where: str) -> str:
     if missing:
         raise RenderError(f"{where}: unknown value(s) {sorted(set(missing))}")
     return out
+
+
+def _conditional_lines(text: str, values: Mapping[str, str], where: str) -> str:
+    """Drop each ``# when: name ...`` line whose named values are all empty; strip the comment
+    from the others."""
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        match = CONDITION.match(line.rstrip("\r\n"))
+        if not match:
+            out.append(line)
+            continue
+        keys = match.group("keys").split()
+        unknown = sorted(set(keys) - set(values))
+        if unknown:
+            raise RenderError(f"{where}: '# when:' names unknown value(s) {unknown}")
+        if any(values[key].strip() for key in keys):
+            out.append(match.group("line") + "\n")
+    return "".join(out)
 
 
 def _scalar(key: str, value: object, source: str) -> str:
@@ -171,7 +198,8 @@ def select_templates(flavor: str, components: Iterable[str]) -> list[Path]:
 def render_template(path: Path, values: Mapping[str, str]) -> Rendered:
     """Substitute values into one template and parse the result."""
     rel = path.relative_to(TEMPLATES_DIR)
-    text = _substitute(path.read_text(encoding="utf-8"), values, str(rel))
+    raw = _conditional_lines(path.read_text(encoding="utf-8"), values, str(rel))
+    text = _substitute(raw, values, str(rel))
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -217,7 +245,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--component",
         action="append",
         choices=(*COMPONENTS, "all"),
-        help="train, serve, batch, mme, ic or all (= train serve batch; repeatable; default all)",
+        help=(
+            "train, serve, batch, mme, ic, async or all (= train serve batch; repeatable; "
+            "default all)"
+        ),
     )
     parser.add_argument(
         "--values", action="append", type=Path, default=[], help="extra values file (repeatable)"

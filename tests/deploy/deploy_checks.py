@@ -25,6 +25,7 @@ SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 # CreateInferenceComponent's pattern (at most 63 characters).
 INFERENCE_COMPONENT_NAME = re.compile(r"^(?=.{1,63}$)[a-zA-Z0-9]([\-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+SNS_TOPIC = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_\-]{1,256}$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 # Environment variables the server or the platform define (docs: sagemaker-contract §1.2).
@@ -44,6 +45,48 @@ KNOWN_SAGEMAKER_ENV = {
     "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
     "SAGEMAKER_CONTAINER_LOG_LEVEL",
 }
+
+# maskserve's own variables that a manifest may set: each is a clap `env` of src/config.rs
+# (test_deploy_manifests checks that it still is), so a misspelt one fails here rather than
+# being ignored by the server.
+KNOWN_MASKSERVE_ENV = {
+    "MASKSERVE_LOG",
+    "MASKSERVE_LOG_JSON",
+    "MASKSERVE_MODEL_DIR",
+    "MASKSERVE_DEVICE",
+    "MASKSERVE_THREADS",
+    "MASKSERVE_SESSIONS",
+    "MASKSERVE_CPU_THREADS",
+    "MASKSERVE_MAX_BATCH_SIZE",
+    "MASKSERVE_MAX_BATCH_DELAY_MS",
+    "MASKSERVE_MAX_PIXELS",
+    "MASKSERVE_LAYOUT",
+    "MASKSERVE_ROI_ALIGN",
+    "MASKSERVE_BIND_HOST",
+    "MASKSERVE_BODY_TIMEOUT",
+    "MASKSERVE_MAX_PAYLOAD_BYTES",
+    "MASKSERVE_MAX_HEADER_BYTES",
+    "MASKSERVE_MAX_INSTANCES",
+    "MASKSERVE_QUEUE_SIZE",
+    "MASKSERVE_HTTP_WORKERS",
+    "MASKSERVE_METRICS_PORT",
+    "MASKSERVE_SHUTDOWN_TIMEOUT",
+    "MASKSERVE_MODELS_MEMORY_MB",
+    "MASKSERVE_MODELS_GPU_MEMORY_MB",
+}
+
+# Asynchronous inference: SageMaker takes payloads of up to 1 GB and allows an invocation up
+# to 3600 s. The Model behind an async variant sets each of these (the real-time defaults,
+# 6 MiB, 60 s, 15 s and 40 megapixels, would refuse the requests async exists for).
+ASYNC_MAX_PAYLOAD_BYTES = 1 << 30
+ASYNC_MAX_TIMEOUT_S = 3600
+ASYNC_ENV = (
+    "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+    "MASKSERVE_MAX_PAYLOAD_BYTES",
+    "MASKSERVE_BODY_TIMEOUT",
+    "MASKSERVE_MAX_PIXELS",
+)
+ASYNC_OUTPUT = "spec.asyncInferenceConfig.outputConfig"
 
 MISSING = object()
 Check = Callable[[Any], str | None]
@@ -128,6 +171,7 @@ is_instance = _pattern(ML_INSTANCE, "an ml.* instance type")
 is_sm_name = _pattern(SAGEMAKER_NAME, "a SageMaker name (alphanumerics and '-', <= 63)")
 is_region = _pattern(REGION, "an AWS region")
 is_ic_name = _pattern(INFERENCE_COMPONENT_NAME, "an inference component name (<= 63)")
+is_sns_topic = _pattern(SNS_TOPIC, "an SNS topic ARN")
 
 
 def _in(*allowed: str) -> Check:
@@ -277,6 +321,13 @@ OPTIONAL: dict[tuple[str, str], dict[str, Check]] = {
         "spec.productionVariants[].routingConfig.routingStrategy": _in(
             "LEAST_OUTSTANDING_REQUESTS", "RANDOM"
         ),
+        f"{ASYNC_OUTPUT}.s3OutputPath": _s3_prefix,
+        f"{ASYNC_OUTPUT}.s3FailurePath": _s3_prefix,
+        f"{ASYNC_OUTPUT}.notificationConfig.successTopic": is_sns_topic,
+        f"{ASYNC_OUTPUT}.notificationConfig.errorTopic": is_sns_topic,
+        "spec.asyncInferenceConfig.clientConfig.maxConcurrentInvocationsPerInstance": (
+            _positive_int
+        ),
     },
     (ACK, "InferenceComponent"): {
         f"{IC_RESOURCES}.numberOfAcceleratorDevicesRequired": _positive_number,
@@ -365,6 +416,8 @@ def check_document(doc: dict[str, Any]) -> list[str]:
     for env in sagemaker_env_names(doc):
         if env.startswith("SAGEMAKER_") and env not in KNOWN_SAGEMAKER_ENV:
             errors.append(f"{ident}: unknown SageMaker environment variable {env!r}")
+        if env.startswith("MASKSERVE_") and env not in KNOWN_MASKSERVE_ENV:
+            errors.append(f"{ident}: unknown maskserve environment variable {env!r}")
     errors += check_model_containers(doc)
     errors += _check_variants(doc)
     return errors
@@ -499,12 +552,17 @@ def check_sagemaker_references(docs: list[dict[str, Any]]) -> list[str]:
                     f"{_ident(cfg)}: variant {v.get('variantName')!r} names Model "
                     f"{v.get('modelName')!r}, not one of {sorted(map(str, models))}"
                 )
+    used: set[Any] = set()
     for ep in _by_kind(docs, ACK, "Endpoint"):
+        used.add(ep.get("spec", {}).get("endpointConfigName"))
         if ep.get("spec", {}).get("endpointConfigName") not in configs:
             errors.append(
                 f"{_ident(ep)}: endpointConfigName {ep.get('spec', {}).get('endpointConfigName')!r}"
                 f" names no EndpointConfig in {sorted(map(str, configs))}"
             )
+    for cfg in _by_kind(docs, ACK, "EndpointConfig"):
+        if cfg.get("spec", {}).get("endpointConfigName") not in used:
+            errors.append(f"{_ident(cfg)}: is used by no Endpoint (another one's config?)")
     for tj in _by_kind(docs, ACK, "TransformJob"):
         if models and tj.get("spec", {}).get("modelName") not in models:
             errors.append(f"{_ident(tj)}: modelName names no Model in {sorted(map(str, models))}")
@@ -516,6 +574,7 @@ def check_sagemaker_references(docs: list[dict[str, Any]]) -> list[str]:
                 errors.append(f"{_ident(m)}: every container needs a containerHostname")
 
     errors += check_inference_components(docs)
+    errors += check_async_endpoints(docs)
 
     # The model archive served is the one the training job writes (a multi-model endpoint's
     # prefix holds the archives copied there, any number of them).
@@ -595,6 +654,123 @@ def check_inference_components(docs: list[dict[str, Any]]) -> list[str]:
                     "InferenceComponent is placed on it, so it would serve nothing"
                 )
     return errors
+
+
+# What Rust's `str::parse` takes for the server's usize/u64 and f64 settings (no spaces, no
+# `_`, which Python's int() and float() would let through).
+WHOLE_NUMBER = re.compile(r"^\+?[0-9]+$")
+DECIMAL_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
+def _number_in(value: Any, what: str, high: float, whole: bool) -> tuple[float | None, str | None]:
+    """A container variable's value as the server parses it (a whole or a decimal number),
+    within (0, high]."""
+    syntax = WHOLE_NUMBER if whole else DECIMAL_NUMBER
+    if not isinstance(value, str) or not syntax.match(value):
+        kind = "a whole number" if whole else "a number"
+        return None, f"{what} {value!r} is not {kind}"
+    number = float(value)
+    if not number > 0:
+        return None, f"{what} {value!r} must be above 0"
+    if number > high:
+        return None, f"{what} {value!r} must be at most {high:.0f}"
+    return number, None
+
+
+def check_async_environment(ident: str, env: dict[str, Any]) -> list[str]:
+    """The async settings of a Model's container: present, parseable and within SageMaker's
+    async limits (payload 1 GiB, invocation 3600 s); the body timeout within the server's."""
+    errors = [
+        f"{ident}: a Model behind an async variant needs {name} (docs/deploy.md)"
+        for name in ASYNC_ENV
+        if name not in env
+    ]
+    if errors:
+        return errors
+    timeout, problem = _number_in(
+        env["SAGEMAKER_MODEL_SERVER_TIMEOUT"],
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        ASYNC_MAX_TIMEOUT_S,
+        whole=False,
+    )
+    problems = [problem]
+    problems.append(
+        _number_in(
+            env["MASKSERVE_MAX_PAYLOAD_BYTES"],
+            "MASKSERVE_MAX_PAYLOAD_BYTES",
+            ASYNC_MAX_PAYLOAD_BYTES,
+            whole=True,
+        )[1]
+    )
+    body, problem = _number_in(
+        env["MASKSERVE_BODY_TIMEOUT"], "MASKSERVE_BODY_TIMEOUT", ASYNC_MAX_TIMEOUT_S, whole=False
+    )
+    problems.append(problem)
+    if timeout is not None and body is not None and body > timeout:
+        problems.append(
+            f"MASKSERVE_BODY_TIMEOUT {body:g} s is longer than SAGEMAKER_MODEL_SERVER_TIMEOUT "
+            f"{timeout:g} s, which bounds the whole invocation"
+        )
+    problems.append(
+        _number_in(env["MASKSERVE_MAX_PIXELS"], "MASKSERVE_MAX_PIXELS", float("inf"), True)[1]
+    )
+    return [f"{ident}: {p}" for p in problems if p]
+
+
+def check_async_endpoints(docs: list[dict[str, Any]]) -> list[str]:
+    """An EndpointConfig with asyncInferenceConfig writes its results to an S3 prefix, and its
+    failures to another one outside it; the Model each of its variants runs has the async
+    settings in its container (check_async_environment)."""
+    errors: list[str] = []
+    models = {m.get("spec", {}).get("modelName"): m for m in _by_kind(docs, ACK, "Model")}
+    for cfg in _by_kind(docs, ACK, "EndpointConfig"):
+        spec = cfg.get("spec", {})
+        if "asyncInferenceConfig" not in spec:
+            continue
+        ident = _ident(cfg)
+        output = (spec.get("asyncInferenceConfig") or {}).get("outputConfig") or {}
+        results, failures = output.get("s3OutputPath"), output.get("s3FailurePath")
+        if not results:
+            errors.append(f"{ident}: asyncInferenceConfig needs outputConfig.s3OutputPath")
+        elif isinstance(failures, str) and isinstance(results, str):
+            if failures == results:
+                errors.append(f"{ident}: s3FailurePath and s3OutputPath must differ ({results!r})")
+            elif failures.startswith(results) or results.startswith(failures):
+                errors.append(
+                    f"{ident}: s3FailurePath {failures!r} and s3OutputPath {results!r} lie one "
+                    "inside the other, so results and failures mix"
+                )
+        for v in spec.get("productionVariants", []):
+            where = f"{ident}: variant {v.get('variantName')!r}"
+            model = models.get(v.get("modelName"))
+            if model is None:
+                continue  # a missing Model is check_sagemaker_references' error
+            for _, _, _, env in model_containers(model):
+                errors += check_async_environment(f"{where}: Model {v.get('modelName')!r}", env)
+    return errors
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def check_s3_under_bucket(docs: list[dict[str, Any]], bucket: str) -> list[str]:
+    """Every S3 URI of a SageMaker CR is in the values' bucket: the one the execution role may
+    read and write (docs/deploy.md, IAM)."""
+    return [
+        f"{_ident(d)}: {uri!r} is not under s3://{bucket}/"
+        for d in docs
+        if d.get("apiVersion") in (OPERATOR, ACK)
+        for uri in _strings(d.get("spec", {}))
+        if uri.startswith("s3://") and not uri.startswith(f"s3://{bucket}/")
+    ]
 
 
 # The SageMaker name of each kind (unique per account and region).

@@ -96,6 +96,57 @@ def test_other_endpoints_use_the_crd_fields() -> None:
     assert ic["runtimeConfig"] == {"copyCount": int(values["ic_copy_count"])}
 
 
+def test_async_endpoint_uses_the_crd_fields(schemas: SchemaIndex) -> None:
+    """asyncInferenceConfig as ACK's EndpointConfig CRD spells it (not the API's PascalCase),
+    with and without the optional SNS topics, and nothing of it in the operator's CRD."""
+    values = render_manifests.load_values()
+    cfg = _named("ack", "EndpointConfig", "async_endpoint_config_name")["spec"]
+    assert cfg["asyncInferenceConfig"] == {
+        "clientConfig": {
+            "maxConcurrentInvocationsPerInstance": int(values["async_max_concurrent_invocations"])
+        },
+        "outputConfig": {
+            "s3OutputPath": values["async_output_s3_uri"],
+            "s3FailurePath": values["async_failure_s3_uri"],
+        },
+    }
+    topics = {
+        "successTopic": "arn:aws:sns:us-west-2:111122223333:maskserve-async-done",
+        "errorTopic": "arn:aws:sns:us-west-2:111122223333:maskserve-async-failed",
+    }
+    with_topics = render_manifests.load_values(
+        overrides=[
+            f"async_success_topic_arn={topics['successTopic']}",
+            f"async_error_topic_arn={topics['errorTopic']}",
+        ]
+    )
+    docs = [d for i in render_manifests.render("ack", ["async"], with_topics) for d in i.documents]
+    for doc in docs:
+        if doc["apiVersion"].startswith(SAGEMAKER_GROUPS):
+            assert errors_for(doc, schemas) == [], doc["kind"]
+    cfg = next(d for d in docs if d["kind"] == "EndpointConfig")["spec"]
+    assert cfg["asyncInferenceConfig"]["outputConfig"]["notificationConfig"] == topics
+    # The old operator's HostingDeployment cannot express asynchronous inference at all, which
+    # is why there is no operator template for it (and deploy.sh refuses operator async).
+    hosting = schemas[("sagemaker.aws.amazon.com/v1", "HostingDeployment")]
+    assert not [p for p in _property_names(hosting) if "async" in p.lower()]
+    ack_config = schemas[("sagemaker.services.k8s.aws/v1alpha1", "EndpointConfig")]
+    assert "asyncInferenceConfig" in ack_config["properties"]["spec"]["properties"]
+
+
+def _property_names(schema: Any) -> list[str]:
+    names: list[str] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                names += list(value)
+            names += _property_names(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            names += _property_names(value)
+    return names
+
+
 def _doc(flavor: str, kind: str) -> dict[str, Any]:
     return copy.deepcopy(next(d for d in sagemaker_docs(flavor) if d["kind"] == kind))
 
@@ -204,6 +255,10 @@ def _ic_variant(d: dict[str, Any]) -> dict[str, Any]:
     return d["spec"]["productionVariants"][0]
 
 
+def _async(d: dict[str, Any]) -> dict[str, Any]:
+    return d["spec"]["asyncInferenceConfig"]
+
+
 # Mistakes in the multi-model and inference-component manifests, most of them the SageMaker
 # API's spelling or fields that this CRD version does not have.
 NEGATIVE_OTHER: list[tuple[str, str, str, str, Mutation]] = [
@@ -282,6 +337,64 @@ NEGATIVE_OTHER: list[tuple[str, str, str, str, Mutation]] = [
         "ic_inference_component_name",
         "no endpointName",
         lambda d: d["spec"].pop("endpointName"),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "S3OutputPath (API spelling)",
+        lambda d: _rename(_async(d)["outputConfig"], "s3OutputPath", "S3OutputPath"),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "s3FailurePath as s3FailureURI",
+        lambda d: _rename(_async(d)["outputConfig"], "s3FailurePath", "s3FailureURI"),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "outputConfig.kmsKeyId (API spelling)",
+        lambda d: _async(d)["outputConfig"].update(kmsKeyId="alias/maskserve"),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "maxConcurrentInvocationsPerInstance as a string",
+        lambda d: _async(d)["clientConfig"].update(maxConcurrentInvocationsPerInstance="2"),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "invocationTimeoutSeconds in clientConfig (a request parameter)",
+        lambda d: _async(d)["clientConfig"].update(invocationTimeoutSeconds=3600),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "notificationConfig beside outputConfig",
+        lambda d: _async(d).update(notificationConfig={"errorTopic": "arn:aws:sns:x"}),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "asyncInferenceConfig on the variant",
+        lambda d: _ic_variant(d).update(asyncInferenceConfig=d["spec"].pop("asyncInferenceConfig")),
+    ),
+    (
+        "ack",
+        "EndpointConfig",
+        "async_endpoint_config_name",
+        "SNS topics as a list",
+        lambda d: _async(d)["outputConfig"].update(
+            notificationConfig={"errorTopic": ["arn:aws:sns:us-west-2:111122223333:t"]}
+        ),
     ),
 ]
 

@@ -101,5 +101,17 @@ def test_guide_covers_the_whole_path() -> None:
         "--inference-component-name",
         "scripts/deploy.sh --delete ack mme ic",
         "sagemaker:inference-component:DesiredCopyCount",
+        "## Asynchronous inference (large images)",
+        "scripts/deploy.sh --wait ack async",
+        "aws sagemaker-runtime invoke-endpoint-async",
+        "--input-location",
+        "MASKSERVE_MAX_PAYLOAD_BYTES",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        "MASKSERVE_BODY_TIMEOUT",
+        "MASKSERVE_MAX_PIXELS",
+        "ApproximateBacklogSizePerInstance",
+        "--min-capacity 0",
+        "sagemaker:variant:DesiredInstanceCount",
+        "scripts/deploy.sh --delete ack async",
     ):
         assert needle in guide, needle

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
 import deploy_checks as dc
 import pytest
 import render_manifests as rm
+from deploy_support import REPO_ROOT
 
 
 def test_rendered_manifests_pass_project_checks(rendered_docs: list[dict[str, Any]]) -> None:
@@ -107,6 +109,89 @@ def test_inference_component_chain() -> None:
     zero = rm.load_values(overrides=["ic_min_instance_count=0", "ic_copy_count=0"])
     zero_docs = [d for i in rm.render("ack", ["ic"], zero) for d in i.documents]
     assert dc.check_all(zero_docs) == []
+
+
+def test_async_endpoint_chain() -> None:
+    """Model -> EndpointConfig -> Endpoint by name, results and failures under the values'
+    bucket, the trained archive in a Model of its own."""
+    values = rm.load_values()
+    docs = {d["kind"]: d for i in rm.render("ack", ["async"]) for d in i.documents}
+    model, cfg, endpoint = (docs[k]["spec"] for k in ("Model", "EndpointConfig", "Endpoint"))
+    assert endpoint["endpointName"] == values["async_endpoint_name"]
+    assert endpoint["endpointConfigName"] == cfg["endpointConfigName"]
+    assert cfg["endpointConfigName"] == values["async_endpoint_config_name"]
+    (variant,) = cfg["productionVariants"]
+    assert variant["variantName"] == values["async_variant_name"]
+    assert variant["modelName"] == model["modelName"] == values["async_model_name"]
+    assert model["modelName"] != values["model_name"]
+    container = model["primaryContainer"]
+    assert "mode" not in container and container["modelDataURL"] == values["model_data_url"]
+    assert container["image"] == values["async_image"]
+    async_config = cfg["asyncInferenceConfig"]
+    output = async_config["outputConfig"]
+    bucket = f"s3://{values['bucket']}/"
+    assert output["s3OutputPath"] == values["async_output_s3_uri"]
+    assert output["s3FailurePath"] == values["async_failure_s3_uri"]
+    assert values["async_input_s3_uri"].startswith(bucket)
+    for path in (output["s3OutputPath"], output["s3FailurePath"]):
+        assert path.startswith(bucket) and path.endswith("/")
+    assert output["s3OutputPath"] != output["s3FailurePath"]
+    assert async_config["clientConfig"] == {
+        "maxConcurrentInvocationsPerInstance": int(values["async_max_concurrent_invocations"])
+    }
+    # One bucket for everything, also with another bucket and region.
+    for overrides in ([], ["bucket=another-bucket-name", "region=eu-central-1"]):
+        vals = rm.load_values(overrides=overrides)
+        for flavor in ("operator", "ack"):
+            rendered = [d for i in rm.render(flavor, rm.COMPONENTS, vals) for d in i.documents]
+            assert dc.check_s3_under_bucket(rendered, vals["bucket"]) == [], flavor
+
+
+def test_async_container_settings() -> None:
+    """The async Model's container takes the requests async exists for: a body of up to 1 GiB,
+    an hour to answer, a slow body, a 10,000 x 10,000 image; the real-time Model keeps its
+    defaults. Each value is what src/config.rs parses."""
+    values = rm.load_values()
+    ack = {
+        (d["kind"], d["metadata"]["name"]): d
+        for i in rm.render("ack", ["serve", "async"])
+        for d in i.documents
+    }
+    env = _env(ack[("Model", values["async_model_name"])]["spec"]["primaryContainer"])
+    single = _env(ack[("Model", values["model_name"])]["spec"]["primaryContainer"])
+    payload = int(env["MASKSERVE_MAX_PAYLOAD_BYTES"])
+    timeout = float(env["SAGEMAKER_MODEL_SERVER_TIMEOUT"])
+    body = float(env["MASKSERVE_BODY_TIMEOUT"])
+    pixels = int(env["MASKSERVE_MAX_PIXELS"])
+    assert payload == 1073741824 <= dc.ASYNC_MAX_PAYLOAD_BYTES
+    assert timeout == 3600 <= dc.ASYNC_MAX_TIMEOUT_S
+    assert 15 < body <= timeout  # 15 s is the server's default
+    assert pixels >= 10_000 * 10_000
+    # Otherwise the real-time settings; the real-time Model keeps the server's defaults.
+    assert {k: v for k, v in env.items() if k not in dc.ASYNC_ENV} == {
+        k: v for k, v in single.items() if k not in dc.ASYNC_ENV
+    }
+    assert set(single) & set(dc.ASYNC_ENV) == {"SAGEMAKER_MODEL_SERVER_TIMEOUT"}
+    assert float(single["SAGEMAKER_MODEL_SERVER_TIMEOUT"]) <= 60
+    # Every variable is one the server reads.
+    assert dc.check_async_environment("async", env) == []
+
+
+def _config_rs_variables() -> set[str]:
+    source = (REPO_ROOT / "src" / "config.rs").read_text(encoding="utf-8")
+    return set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', source))
+
+
+def test_known_maskserve_variables_exist_in_the_server() -> None:
+    """deploy_checks accepts only variables that src/config.rs reads (clap `env`), and every
+    maskserve variable a manifest sets is one of them."""
+    variables = _config_rs_variables()
+    assert "MASKSERVE_MAX_PAYLOAD_BYTES" in variables
+    assert dc.KNOWN_MASKSERVE_ENV <= variables, dc.KNOWN_MASKSERVE_ENV - variables
+    for flavor in rm.FLAVORS:
+        for doc in (d for i in rm.render(flavor, rm.COMPONENTS) for d in i.documents):
+            names = {n for n in dc.sagemaker_env_names(doc) if n.startswith("MASKSERVE_")}
+            assert names <= dc.KNOWN_MASKSERVE_ENV, (doc["kind"], names)
 
 
 def test_plain_probes_and_service() -> None:
@@ -273,6 +358,30 @@ def _drop_ic(d: Docs, docs: list[dict[str, Any]]) -> None:
     docs.remove(d["InferenceComponent", "ic_inference_component_name"])
 
 
+def _async_env(d: Docs) -> dict[str, str]:
+    return d["Model", "async_model_name"]["spec"]["primaryContainer"]["environment"]
+
+
+def _async_cfg(d: Docs) -> dict[str, Any]:
+    return d["EndpointConfig", "async_endpoint_config_name"]["spec"]
+
+
+def _async_output(d: Docs) -> dict[str, Any]:
+    return _async_cfg(d)["asyncInferenceConfig"]["outputConfig"]
+
+
+def _async_variant(d: Docs) -> dict[str, Any]:
+    return _async_cfg(d)["productionVariants"][0]
+
+
+def _drop_async_env(name: str) -> OtherMutation:
+    return lambda d, _: _async_env(d).pop(name)
+
+
+def _set_async_env(name: str, value: str) -> OtherMutation:
+    return lambda d, _: _async_env(d).update({name: value})
+
+
 NEGATIVE_OTHER: list[tuple[str, str, str, OtherMutation]] = [
     (
         "operator",
@@ -401,6 +510,144 @@ NEGATIVE_OTHER: list[tuple[str, str, str, OtherMutation]] = [
     ),
     (
         "ack",
+        "async Endpoint names a missing EndpointConfig",
+        "names no EndpointConfig",
+        lambda d, _: d["Endpoint", "async_endpoint_name"]["spec"].update(
+            endpointConfigName="no-such-config"
+        ),
+    ),
+    (
+        "ack",
+        "async Endpoint runs the real-time EndpointConfig",
+        "is used by no Endpoint",
+        lambda d, _: d["Endpoint", "async_endpoint_name"]["spec"].update(
+            endpointConfigName=d["EndpointConfig", "endpoint_config_name"]["spec"][
+                "endpointConfigName"
+            ]
+        ),
+    ),
+    (
+        "ack",
+        "async variant names a missing Model",
+        "names Model 'no-such-model'",
+        lambda d, _: _async_variant(d).update(modelName="no-such-model"),
+    ),
+    (
+        "ack",
+        "async variant runs the real-time Model",
+        "needs MASKSERVE_MAX_PAYLOAD_BYTES",
+        lambda d, _: _async_variant(d).update(
+            modelName=d["Model", "model_name"]["spec"]["modelName"]
+        ),
+    ),
+    *(
+        ("ack", f"async Model without {name}", f"needs {name}", _drop_async_env(name))
+        for name in dc.ASYNC_ENV
+    ),
+    (
+        "ack",
+        "async payload above 1 GiB",
+        "must be at most 1073741824",
+        _set_async_env("MASKSERVE_MAX_PAYLOAD_BYTES", "1073741825"),
+    ),
+    (
+        "ack",
+        "async payload with a unit",
+        "is not a whole number",
+        _set_async_env("MASKSERVE_MAX_PAYLOAD_BYTES", "1GiB"),
+    ),
+    (
+        "ack",
+        "async timeout above an hour",
+        "at most 3600",
+        _set_async_env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "3601"),
+    ),
+    (
+        "ack",
+        "async timeout with a unit",
+        "is not a number",
+        _set_async_env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "1h"),
+    ),
+    (
+        "ack",
+        "async body timeout above the invocation timeout",
+        "longer than SAGEMAKER_MODEL_SERVER_TIMEOUT",
+        lambda d, _: _async_env(d).update(
+            SAGEMAKER_MODEL_SERVER_TIMEOUT="600", MASKSERVE_BODY_TIMEOUT="900"
+        ),
+    ),
+    (
+        "ack",
+        "async pixel limit in scientific notation",
+        "is not a whole number",
+        _set_async_env("MASKSERVE_MAX_PIXELS", "1.5e8"),
+    ),
+    (
+        "ack",
+        "misspelt maskserve variable",
+        "unknown maskserve environment variable 'MASKSERVE_MAX_PAYLOAD'",
+        lambda d, _: _async_env(d).update(
+            MASKSERVE_MAX_PAYLOAD=_async_env(d).pop("MASKSERVE_MAX_PAYLOAD_BYTES")
+        ),
+    ),
+    (
+        "ack",
+        "async config without s3OutputPath",
+        "needs outputConfig.s3OutputPath",
+        lambda d, _: _async_output(d).pop("s3OutputPath"),
+    ),
+    (
+        "ack",
+        "async output path without the trailing '/'",
+        "prefix ending in '/'",
+        lambda d, _: _async_output(d).update(
+            s3OutputPath=_async_output(d)["s3OutputPath"].rstrip("/")
+        ),
+    ),
+    (
+        "ack",
+        "async failure path is the output path",
+        "must differ",
+        lambda d, _: _async_output(d).update(s3FailurePath=_async_output(d)["s3OutputPath"]),
+    ),
+    (
+        "ack",
+        "async failure path inside the output path",
+        "lie one inside the other",
+        lambda d, _: _async_output(d).update(
+            s3FailurePath=_async_output(d)["s3OutputPath"] + "failures/"
+        ),
+    ),
+    (
+        "ack",
+        "async failure path not on S3",
+        "must be an s3:// prefix",
+        lambda d, _: _async_output(d).update(s3FailurePath="https://example.com/failures/"),
+    ),
+    (
+        "ack",
+        "async SNS topic not an ARN",
+        "is not an SNS topic ARN",
+        lambda d, _: _async_output(d).update(notificationConfig={"errorTopic": "maskserve-errors"}),
+    ),
+    (
+        "ack",
+        "async concurrency of 0",
+        "must be an integer >= 1",
+        lambda d, _: _async_cfg(d)["asyncInferenceConfig"]["clientConfig"].update(
+            maxConcurrentInvocationsPerInstance=0
+        ),
+    ),
+    (
+        "ack",
+        "async Endpoint with the real-time SageMaker name",
+        "is used twice",
+        lambda d, _: d["Endpoint", "async_endpoint_name"]["spec"].update(
+            endpointName=d["Endpoint", "endpoint_name"]["spec"]["endpointName"]
+        ),
+    ),
+    (
+        "ack",
         "two Endpoints with one SageMaker name",
         "is used twice",
         lambda d, _: d["Endpoint", "ic_endpoint_name"]["spec"].update(
@@ -428,6 +675,39 @@ def test_project_checks_reject_other_endpoints(
     mutate(named, docs)
     errors = dc.check_all(docs)
     assert any(expected in e for e in errors), f"{flavor}: {what}: {errors}"
+
+
+def test_async_paths_outside_the_bucket_are_rejected() -> None:
+    """check_s3_under_bucket can fail: an async output or failure path, or a model archive, in
+    a bucket the execution role is not given."""
+    values = rm.load_values()
+    for key in ("async_output_s3_uri", "async_failure_s3_uri", "model_data_url"):
+        vals = rm.load_values(overrides=[f"{key}=s3://someone-elses-bucket/x/"])
+        docs = [d for i in rm.render("ack", ["async"], vals) for d in i.documents]
+        errors = dc.check_s3_under_bucket(docs, values["bucket"])
+        assert any("someone-elses-bucket" in e for e in errors), key
+
+
+def test_async_environment_check_accepts_what_the_server_parses() -> None:
+    env = {
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "9.005e2",
+        "MASKSERVE_MAX_PAYLOAD_BYTES": "104857600",
+        "MASKSERVE_BODY_TIMEOUT": "60",
+        "MASKSERVE_MAX_PIXELS": "100000000",
+    }
+    assert dc.check_async_environment("m", env) == []
+    for name, bad in (
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "0"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "nan"),
+        ("MASKSERVE_MAX_PAYLOAD_BYTES", "-1"),
+        ("MASKSERVE_MAX_PAYLOAD_BYTES", "1e9"),
+        ("MASKSERVE_MAX_PAYLOAD_BYTES", "1_000_000"),
+        ("MASKSERVE_MAX_PAYLOAD_BYTES", " 1000000"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "inf"),
+        ("MASKSERVE_BODY_TIMEOUT", ""),
+        ("MASKSERVE_MAX_PIXELS", "0"),
+    ):
+        assert dc.check_async_environment("m", {**env, name: bad}), (name, bad)
 
 
 def test_required_fields_are_checked_without_crds() -> None:

@@ -37,6 +37,11 @@ OTHER_ENDPOINTS = {
         ("Endpoint", "ic_endpoint_name"),
         ("InferenceComponent", "ic_inference_component_name"),
     ],
+    ("ack", "async"): [
+        ("Model", "async_model_name"),
+        ("EndpointConfig", "async_endpoint_config_name"),
+        ("Endpoint", "async_endpoint_name"),
+    ],
 }
 
 
@@ -55,7 +60,7 @@ def test_every_component_renders_and_parses(flavor: str) -> None:
     docs = [(d["kind"], d["metadata"]["name"]) for item in rendered for d in item.documents]
     # The default rendering first (file names sort in apply order), then the other endpoints.
     expected = [(d["kind"], d["metadata"]["name"]) for i in rm.render(flavor) for d in i.documents]
-    for component in ("mme", "ic"):
+    for component in ("mme", "ic", "async"):
         expected += [
             (kind, values[key]) for kind, key in OTHER_ENDPOINTS.get((flavor, component), [])
         ]
@@ -73,18 +78,25 @@ def test_templates_declare_known_components() -> None:
         assert components <= {*rm.COMPONENTS, rm.COMMON_COMPONENT}, path.name
         declared.setdefault(path.parent.name, set()).update(components)
     assert declared["ack"] == set(rm.COMPONENTS)
-    assert declared["operator"] == {"train", "serve", "batch", "mme"}  # no inference components
+    # The operator has no inference components and no asyncInferenceConfig.
+    assert declared["operator"] == {"train", "serve", "batch", "mme"}
     assert declared["plain"] == {"serve"}
     assert set(rm.DEFAULT_COMPONENTS) < set(rm.COMPONENTS)
 
 
 def test_other_endpoints_have_their_own_names() -> None:
-    """The multi-model and inference-component objects never overwrite the single-model ones."""
+    """The multi-model, inference-component and async objects never overwrite the single-model
+    ones."""
     values = rm.load_values()
     for group in (
-        ("model_name", "mme_model_name", "ic_model_name"),
-        ("endpoint_config_name", "mme_endpoint_config_name", "ic_endpoint_config_name"),
-        ("endpoint_name", "mme_endpoint_name", "ic_endpoint_name"),
+        ("model_name", "mme_model_name", "ic_model_name", "async_model_name"),
+        (
+            "endpoint_config_name",
+            "mme_endpoint_config_name",
+            "ic_endpoint_config_name",
+            "async_endpoint_config_name",
+        ),
+        ("endpoint_name", "mme_endpoint_name", "ic_endpoint_name", "async_endpoint_name"),
     ):
         assert len({values[key] for key in group}) == len(group), group
 
@@ -102,6 +114,9 @@ def test_other_endpoints_have_their_own_names() -> None:
         ("ack", ["mme"], ["Namespace", "Model", "EndpointConfig", "Endpoint"]),
         ("ack", ["ic"], ["Namespace", "Model", "EndpointConfig", "Endpoint", "InferenceComponent"]),
         ("plain", ["mme", "ic"], ["Namespace"]),
+        ("operator", ["async"], ["Namespace"]),
+        ("ack", ["async"], ["Namespace", "Model", "EndpointConfig", "Endpoint"]),
+        ("plain", ["async"], ["Namespace"]),
     ],
 )
 def test_component_selection(flavor: str, components: list[str], kinds: list[str]) -> None:
@@ -180,6 +195,60 @@ def test_reference_errors() -> None:
     assert rm.resolve({"a": "x", "b": "${a}-$${a}"}) == {"a": "x", "b": "x-$${a}"}
 
 
+def _async_outputs(values: dict[str, str]) -> dict[str, object]:
+    docs = [d for i in rm.render("ack", ["async"], values) for d in i.documents]
+    cfg = next(d for d in docs if d["kind"] == "EndpointConfig")
+    return cfg["spec"]["asyncInferenceConfig"]["outputConfig"]
+
+
+def test_optional_lines_render_only_when_set() -> None:
+    """`# when:` leaves the SNS topics out while their values are empty (SageMaker would get
+    empty ARNs otherwise), and renders each one that is set, without the directive."""
+    success = "arn:aws:sns:us-west-2:111122223333:maskserve-async-done"
+    error = "arn:aws:sns:us-west-2:111122223333:maskserve-async-failed"
+    values = rm.load_values()
+    assert (values["async_success_topic_arn"], values["async_error_topic_arn"]) == ("", "")
+    assert "notificationConfig" not in _async_outputs(values)
+    only_error = rm.load_values(overrides=[f"async_error_topic_arn={error}"])
+    assert _async_outputs(only_error)["notificationConfig"] == {"errorTopic": error}
+    both = rm.load_values(
+        overrides=[f"async_success_topic_arn={success}", f"async_error_topic_arn={error}"]
+    )
+    assert _async_outputs(both)["notificationConfig"] == {
+        "successTopic": success,
+        "errorTopic": error,
+    }
+    for flavor in rm.FLAVORS:
+        for item in rm.render(flavor, rm.COMPONENTS, both):
+            assert "when:" not in item.text, item.name
+
+
+def test_optional_line_directive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "common").mkdir()
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "common" / "00-ns.yaml").write_text(
+        "# component: common\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n", "utf-8"
+    )
+    template = tmp_path / "plain" / "10-cm.yaml"
+    template.write_text(
+        "# component: serve\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata:\n"
+        "  a: '${a}'  # when: a\n  b: '${b}'  # when: a b\n  c: c\n",
+        "utf-8",
+    )
+    monkeypatch.setattr(rm, "TEMPLATES_DIR", tmp_path)
+
+    def data(**values: str) -> dict[str, str]:
+        docs = [d for i in rm.render("plain", ["serve"], values) for d in i.documents]
+        return next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+
+    assert data(a="", b="") == {"c": "c"}
+    assert data(a=" ", b="2") == {"b": "2", "c": "c"}
+    assert data(a="1", b="") == {"a": "1", "b": "", "c": "c"}
+    template.write_text(template.read_text("utf-8").replace("when: a b", "when: a nope"), "utf-8")
+    with pytest.raises(rm.RenderError, match="nope"):
+        data(a="1", b="2")
+
+
 def test_unknown_placeholder_in_template_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +288,8 @@ def test_cli_other_endpoints_only_when_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    args = ["--flavor", "ack", "--component", "mme", "--component", "ic", "--out", str(out)]
+    args = ["--flavor", "ack", "--out", str(out)]
+    args += ["--component", "mme", "--component", "ic", "--component", "async"]
     assert rm.main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "60-mme-model.yaml",
@@ -229,6 +299,9 @@ def test_cli_other_endpoints_only_when_named(
         "71-ic-endpointconfig.yaml",
         "72-ic-endpoint.yaml",
         "73-inferencecomponent.yaml",
+        "80-async-model.yaml",
+        "81-async-endpointconfig.yaml",
+        "82-async-endpoint.yaml",
         "common-00-namespace.yaml",
     ]
     capsys.readouterr()

@@ -307,13 +307,119 @@ def test_deploy_other_endpoints_wait(fake_tools: Tools) -> None:
     assert not log.exists()
 
 
+def test_deploy_ack_async_dry_run(fake_tools: Tools, tmp_path: Path) -> None:
+    env, log = fake_tools
+    out = tmp_path / "rendered"
+    result = run(
+        [str(SCRIPTS / "deploy.sh"), "--dry-run", "--wait", "--out", str(out), "ack", "async"],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    cmds = commands(result.stdout)
+    applied = _applied(cmds)
+    assert [Path(p).name for p in applied] == [
+        "common-00-namespace.yaml",
+        "80-async-model.yaml",
+        "81-async-endpointconfig.yaml",
+        "82-async-endpoint.yaml",
+    ]
+    crds = next(c for c in cmds if c.startswith("kubectl get crd ")).split()[3:]
+    assert crds == [
+        "models.sagemaker.services.k8s.aws",
+        "endpointconfigs.sagemaker.services.k8s.aws",
+        "endpoints.sagemaker.services.k8s.aws",
+    ]
+    assert cmds[-1] == (
+        "kubectl -n maskserve wait endpoint.sagemaker.services.k8s.aws/maskserve-maskrcnn-async "
+        "--for=jsonpath=\\{.status.endpointStatus\\}=InService --timeout 60m"
+    )
+    docs = {
+        d["kind"]: d
+        for path in applied
+        for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8"))
+    }
+    environment = docs["Model"]["spec"]["primaryContainer"]["environment"]
+    assert environment["MASKSERVE_MAX_PAYLOAD_BYTES"] == "1073741824"
+    assert environment["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "3600"
+    output = docs["EndpointConfig"]["spec"]["asyncInferenceConfig"]["outputConfig"]
+    assert "notificationConfig" not in output
+    assert not log.exists()
+
+
+def test_deploy_async_with_topics(fake_tools: Tools, tmp_path: Path) -> None:
+    env, log = fake_tools
+    out = tmp_path / "rendered"
+    topic = "arn:aws:sns:us-west-2:111122223333:maskserve-async-failed"
+    result = run(
+        [
+            str(SCRIPTS / "deploy.sh"),
+            "--dry-run",
+            "--out",
+            str(out),
+            "ack",
+            "async",
+            "--set",
+            f"async_error_topic_arn={topic}",
+        ],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load((out / "async" / "81-async-endpointconfig.yaml").read_text("utf-8"))
+    output = cfg["spec"]["asyncInferenceConfig"]["outputConfig"]
+    assert output["notificationConfig"] == {"errorTopic": topic}
+    assert not log.exists()
+
+
+@pytest.mark.parametrize(
+    ("flavor", "message"),
+    [
+        ("operator", "HostingDeployment has no asyncInferenceConfig"),
+        ("plain", "plain has only the serve component"),
+    ],
+)
+def test_deploy_async_only_with_ack(flavor: str, message: str, fake_tools: Tools) -> None:
+    env, log = fake_tools
+    for components in (["async"], ["serve", "async"]):
+        result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", flavor, *components], env)
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert not commands(result.stdout)
+    assert not log.exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("async_max_payload_bytes=1073741825", "must be 1 to 1073741824"),
+        ("async_max_payload_bytes=1GiB", "must be 1 to 1073741824"),
+        ("async_max_payload_bytes=0", "must be 1 to 1073741824"),
+        ("async_model_server_timeout_seconds=3601", "must be 1 to 3600"),
+        ("async_model_server_timeout_seconds=1h", "must be 1 to 3600"),
+        ("async_body_timeout_seconds=3601", "whole seconds from 1 to"),
+        ("async_max_pixels=1.5e8", "whole number of pixels"),
+        ("async_output_s3_uri=s3://maskserve-bucket/async/output", "ending in '/'"),
+        ("async_failure_s3_uri=/tmp/failures/", "ending in '/'"),
+        ("async_failure_s3_uri=${async_output_s3_uri}", "must differ"),
+    ],
+)
+def test_deploy_async_checks_values(setting: str, message: str, fake_tools: Tools) -> None:
+    """The async settings are checked before anything is applied (the server would otherwise
+    refuse the large requests only once they arrive)."""
+    env, log = fake_tools
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "ack", "async", "--set", setting], env)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert not commands(result.stdout)
+    assert not log.exists()
+
+
 def test_deploy_all_is_the_one_model_path(fake_tools: Tools) -> None:
     """mme and ic are deployed only when named; training still comes first."""
     env, log = fake_tools
-    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "ack", "ic", "all"], env)
+    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "ack", "async", "ic", "all"], env)
     assert result.returncode == 0, result.stderr
     applied = [Path(p).parent.name for p in _applied(commands(result.stdout))]
-    assert list(dict.fromkeys(applied)) == ["train", "serve", "batch", "ic"]
+    assert list(dict.fromkeys(applied)) == ["train", "serve", "batch", "ic", "async"]
     assert not log.exists()
 
 
@@ -337,9 +443,14 @@ def test_deploy_plain_dry_run(fake_tools: Tools) -> None:
 
 def test_deploy_delete_other_endpoints_in_reverse_order(fake_tools: Tools) -> None:
     env, log = fake_tools
-    result = run([str(SCRIPTS / "deploy.sh"), "--dry-run", "--delete", "ack", "mme", "ic"], env)
+    result = run(
+        [str(SCRIPTS / "deploy.sh"), "--dry-run", "--delete", "ack", "mme", "ic", "async"], env
+    )
     assert result.returncode == 0, result.stderr
     assert [Path(c.split()[-1]).name for c in commands(result.stdout)] == [
+        "82-async-endpoint.yaml",
+        "81-async-endpointconfig.yaml",
+        "80-async-model.yaml",
         "73-inferencecomponent.yaml",
         "72-ic-endpoint.yaml",
         "71-ic-endpointconfig.yaml",
@@ -379,6 +490,9 @@ def test_deploy_delete_in_reverse_order(fake_tools: Tools) -> None:
         ["plain", "mme"],
         ["plain", "serve", "ic"],
         ["ack", "mme-v2"],
+        ["operator", "async"],
+        ["plain", "async"],
+        ["ack", "asynchronous"],
     ],
 )
 def test_deploy_rejects_bad_arguments(args: list[str], fake_tools: Tools) -> None:
