@@ -123,6 +123,11 @@ struct TileProgress {
     error: Option<Option<PredictError>>,
 }
 
+/// Most candidate detections a tiled image keeps before the merge (the best-scoring ones): a
+/// bound on its memory (each holds its `M × M` mask probabilities, 3 KiB at M = 28) whatever
+/// the image and the model, far above what merges into any real answer.
+const MAX_TILE_CANDIDATES: usize = 20_000;
+
 /// What the last tile of an image leaves to do.
 enum TilesDone {
     Pending,
@@ -156,6 +161,9 @@ impl Tiled {
         match outcome {
             Ok((dets, t)) => {
                 p.detections.extend(dets);
+                if p.detections.len() > 2 * MAX_TILE_CANDIDATES {
+                    keep_best(&mut p.detections);
+                }
                 let sum = &mut p.timings;
                 sum.preprocess += t.preprocess;
                 sum.backbone_rpn += t.backbone_rpn;
@@ -176,8 +184,18 @@ impl Tiled {
         }
         match p.error.take() {
             Some(e) => TilesDone::Failed(e),
-            None => TilesDone::Merge(std::mem::take(&mut p.detections), p.timings.clone()),
+            None => {
+                keep_best(&mut p.detections);
+                TilesDone::Merge(std::mem::take(&mut p.detections), p.timings.clone())
+            }
         }
+    }
+}
+
+fn keep_best(dets: &mut Vec<TileDetection>) {
+    if dets.len() > MAX_TILE_CANDIDATES {
+        dets.sort_by(|a, b| b.det.score.total_cmp(&a.det.score));
+        dets.truncate(MAX_TILE_CANDIDATES);
     }
 }
 
