@@ -78,8 +78,9 @@ pub fn decode_unguarded(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Predi
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
     img.apply_orientation(orientation);
-    // to_rgb8 drops alpha, replicates gray and scales 16-bit/float samples to 8 bits.
-    let rgb = img.to_rgb8();
+    // into_rgb8 drops alpha, replicates gray and scales 16-bit/float samples to 8 bits, and
+    // takes an RGB image's buffer as it is (no second full-size copy).
+    let rgb = img.into_rgb8();
     Ok(RgbImage {
         width: rgb.width() as usize,
         height: rgb.height() as usize,
