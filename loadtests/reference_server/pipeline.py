@@ -248,7 +248,7 @@ class Heads:
     def mask(self, feats: dict[str, np.ndarray], rois: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """mask logits ``[K, 1, M, M]`` of each RoI's label, in their order."""
         if not self.per_level:
-            mlog = self.heads.mask(feats, rois, labels)
+            (mlog,) = self.mask_head.run(["mask_logits"], {**feats, "rois": rois, "labels": labels})
             return mlog
         pooled, order, back = self._pool(self.mask_pool, feats, rois)
         (mlog,) = self.mask_head.run(["mask_logits"], {"pooled": pooled, "labels": labels[order]})
