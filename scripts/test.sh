@@ -26,18 +26,29 @@ export ORT_DYLIB_PATH
 
 echo "== lints"
 cargo fmt --all -- --check
+# Each runtime alone and both together: the default (ONNX Runtime), tract without ONNX
+# Runtime, and both.
 cargo clippy --locked --all-targets --quiet -- -D warnings
+cargo clippy --locked --all-targets --quiet --no-default-features --features tract -- -D warnings
+cargo clippy --locked --all-targets --quiet --features tract -- -D warnings
 (cd model-export && "$PY" -m ruff check . && "$PY" -m ruff format --check .)
 lint_dirs=(tests scripts)
 [[ -d loadtests ]] && lint_dirs+=(loadtests)
 "$PY" -m ruff check --no-cache "${lint_dirs[@]}"
 
 echo "== Rust tests"
-cargo build --locked --release --quiet
-cargo test --locked
+# The binary without ONNX Runtime (tests/python/test_tract_binary.py), built in the same target
+# directory so that it shares every compiled dependency, and copied out before the main
+# release binary (both runtimes, ONNX Runtime the default) takes its place.
+cargo build --locked --release --quiet --no-default-features --features tract
+mkdir -p target/tract
+cp target/release/maskserve target/tract/maskserve
+cargo build --locked --release --quiet --features tract
+cargo test --locked --features tract
 
 echo "== Python tests"
-MASKSERVE_BIN=$PWD/target/release/maskserve "$PY" -m pytest -q --import-mode=importlib model-export/tests tests/python tests/deploy
+MASKSERVE_BIN=$PWD/target/release/maskserve MASKSERVE_TRACT_BIN=$PWD/target/tract/maskserve \
+  "$PY" -m pytest -q --import-mode=importlib model-export/tests tests/python tests/deploy
 echo "== container tests (Docker engine)"
 MASKSERVE_BIN=$PWD/target/release/maskserve "$PY" -m pytest -q -s --import-mode=importlib tests/containers
 if [[ -x loadtests/run.sh ]]; then

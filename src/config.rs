@@ -3,6 +3,9 @@
 //! place; defaults that depend on the machine are derived in [`ModelArgs::plan`] from the CPUs
 //! this process may use (`available_parallelism`: affinity and cgroup quota included) and
 //! logged once at start. No other module reads the environment.
+//!
+//! Settings of one runtime exist only in a binary built with it: `--device` and `--ort-*`
+//! need the `ort` feature.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +14,11 @@ use anyhow::{bail, Context, Result};
 use clap::builder::FalseyValueParser;
 use clap::Args;
 
-use crate::backend::ort::{default_intra_threads, Device, OrtConfig, Provider, SessionOptions};
+#[cfg(feature = "ort")]
+use crate::backend::ort::{Device, OrtConfig, Provider, SessionOptions};
+#[cfg(feature = "tract")]
+use crate::backend::tract::TractConfig;
+use crate::backend::BackendKind;
 use crate::engine::EngineConfig;
 use crate::model::{Layout, RoiAlign};
 use crate::pipeline::DEFAULT_MAX_PIXELS;
@@ -47,6 +54,7 @@ fn switch(value: &str, default: bool) -> Result<bool, String> {
     }
 }
 
+#[cfg(feature = "ort")]
 fn switch_default_on(v: &str) -> Result<bool, String> {
     switch(v, true)
 }
@@ -85,10 +93,17 @@ pub struct ModelArgs {
     /// SageMaker's model directory, used when --model is not given.
     #[arg(long, env = "SM_MODEL_DIR")]
     pub sm_model_dir: Option<PathBuf>,
+    /// Runtime that runs the graphs: ort (ONNX Runtime: CPU, CUDA, TensorRT; needs
+    /// libonnxruntime) or tract (pure Rust, CPU only, models exported with per-level RoI
+    /// pooling). Default: ort when this binary has it, else tract.
+    #[arg(long, env = "MASKSERVE_BACKEND", value_enum, default_value_t = BackendKind::DEFAULT)]
+    pub backend: BackendKind,
     /// Execution provider: auto uses CUDA when it registers, else CPU.
+    #[cfg(feature = "ort")]
     #[arg(long, env = "MASKSERVE_DEVICE", value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// Intra-op threads per ONNX Runtime session (default: available CPUs / backends).
+    /// Threads per backend: ONNX Runtime's intra-op threads per session, or the pool tract's
+    /// kernels run on; the RoIAlign uses as many (default: available CPUs / backends).
     #[arg(long, env = "MASKSERVE_THREADS")]
     pub threads: Option<usize>,
     /// Backend threads, each with its own session set (graph runs at once). Default: on CPU
@@ -119,28 +134,106 @@ pub struct ModelArgs {
     pub layout: Layout,
     /// Where a per-level export's RoIAlign runs: graph (its RoIAlign graphs on the execution
     /// provider) or rust (maskserve's own kernel on the backend's threads, then the head
-    /// graphs). Default: rust on CPU, graph on GPU (features stay on the device). Models
-    /// exported with dense pooling always pool inside their head graphs.
+    /// graphs). Default: rust on CPU, graph on GPU (features stay on the device); always rust
+    /// on tract. Models exported with dense pooling always pool inside their head graphs.
     #[arg(long, env = "MASKSERVE_ROI_ALIGN", value_enum)]
     pub roi_align: Option<RoiAlign>,
     /// Path of libonnxruntime.so.
+    #[cfg(feature = "ort")]
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_lib: Option<PathBuf>,
     /// Let ONNX Runtime's pool threads spin between parallel sections (they then take CPU
     /// from the Rust stages and the other backends).
+    #[cfg(feature = "ort")]
     #[arg(long, env = "MASKSERVE_ORT_SPINNING", value_name = "BOOL", default_value = "false",
           value_parser = switch_default_off, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
     /// ONNX Runtime's memory-pattern planning (caches one plan per input shape: RSS grows
     /// with each new image shape).
+    #[cfg(feature = "ort")]
     #[arg(long, env = "MASKSERVE_ORT_MEM_PATTERN", value_name = "BOOL", default_value = "false",
           value_parser = switch_default_off, action = clap::ArgAction::Set)]
     pub ort_mem_pattern: bool,
     /// ONNX Runtime's CPU memory arena (keeps its peak; without it large activations are
     /// mapped afresh on every run).
+    #[cfg(feature = "ort")]
     #[arg(long, env = "MASKSERVE_ORT_CPU_ARENA", value_name = "BOOL", default_value = "true",
           value_parser = switch_default_on, action = clap::ArgAction::Set)]
     pub ort_cpu_arena: bool,
+}
+
+/// The runtime the settings ask for, with what it needs before any plan.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// ONNX Runtime, from the library at `lib` (`--ort-lib` / ORT_DYLIB_PATH), on `device`.
+    #[cfg(feature = "ort")]
+    Ort {
+        lib: Option<PathBuf>,
+        device: Device,
+    },
+    /// tract, on the CPU.
+    #[cfg(feature = "tract")]
+    Tract,
+}
+
+/// What the graphs will run on, which the machine-derived defaults depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// ONNX Runtime, on the provider the sessions will get.
+    #[cfg(feature = "ort")]
+    Ort(Provider),
+    #[cfg(feature = "tract")]
+    Tract,
+}
+
+impl Target {
+    pub fn gpu(self) -> bool {
+        match self {
+            #[cfg(feature = "ort")]
+            Target::Ort(p) => p != Provider::Cpu,
+            #[cfg(feature = "tract")]
+            Target::Tract => false,
+        }
+    }
+
+    /// The provider's name, as the backends report it (logs, `/metrics`).
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "ort")]
+            Target::Ort(p) => p.name(),
+            #[cfg(feature = "tract")]
+            Target::Tract => crate::backend::tract::PROVIDER,
+        }
+    }
+}
+
+/// The runtime's own settings in a [`Plan`].
+#[derive(Debug, Clone)]
+pub enum RuntimeConfig {
+    #[cfg(feature = "ort")]
+    Ort(OrtConfig),
+    #[cfg(feature = "tract")]
+    Tract(TractConfig),
+}
+
+impl RuntimeConfig {
+    #[cfg(feature = "ort")]
+    pub fn ort(&self) -> Option<&OrtConfig> {
+        match self {
+            RuntimeConfig::Ort(o) => Some(o),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    #[cfg(feature = "tract")]
+    pub fn tract(&self) -> Option<&TractConfig> {
+        match self {
+            RuntimeConfig::Tract(t) => Some(t),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
 }
 
 /// Everything [`crate::loader`] needs, with the machine-derived defaults filled in.
@@ -149,9 +242,29 @@ pub struct Plan {
     pub model_dir: PathBuf,
     pub layout: Layout,
     pub max_pixels: u64,
-    pub ort: OrtConfig,
+    pub runtime: RuntimeConfig,
     pub backends: usize,
     pub engine: EngineConfig,
+}
+
+impl Plan {
+    /// Threads per backend (ONNX Runtime's intra-op threads, tract's pool).
+    pub fn threads(&self) -> Option<usize> {
+        match &self.runtime {
+            #[cfg(feature = "ort")]
+            RuntimeConfig::Ort(o) => o.session.intra_threads,
+            #[cfg(feature = "tract")]
+            RuntimeConfig::Tract(t) => Some(t.threads),
+        }
+    }
+}
+
+/// Threads per backend when none are configured: the CPUs this process may use (cgroup quota
+/// and affinity included, unlike ONNX Runtime's own default, which counts the host's cores)
+/// shared among the backends that run concurrently, so `backends × threads` never exceeds the
+/// CPUs.
+pub fn default_threads(cpus: usize, backends: usize) -> usize {
+    (cpus / backends.max(1)).max(1)
 }
 
 /// The CPUs this process may use.
@@ -190,9 +303,41 @@ impl ModelArgs {
         }
     }
 
-    /// Resolves every default for `provider` (the one the sessions will get) on `cpus` CPUs.
-    pub fn plan(&self, provider: Provider, cpus: usize) -> Result<Plan> {
-        let gpu = provider != Provider::Cpu;
+    /// The runtime `--backend` asks for; an error when this binary was built without it, or
+    /// when a setting asks the runtime for what it cannot do.
+    pub fn runtime(&self) -> Result<Runtime> {
+        match self.backend {
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => Ok(Runtime::Ort {
+                lib: self.ort_lib.clone(),
+                device: self.device,
+            }),
+            #[cfg(feature = "tract")]
+            BackendKind::Tract => {
+                #[cfg(feature = "ort")]
+                if matches!(self.device, Device::Cuda | Device::Tensorrt) {
+                    bail!(
+                        "--device {}: the tract backend runs on the CPU only (use --backend ort \
+                         for a GPU)",
+                        self.device
+                    );
+                }
+                Ok(Runtime::Tract)
+            }
+            // Only reachable in a binary built without one of the runtimes.
+            #[allow(unreachable_patterns)]
+            other => bail!(
+                "--backend {other} (MASKSERVE_BACKEND): this binary was built without the {other} \
+                 backend; build one with it: `cargo build --release --features {}`",
+                other.feature()
+            ),
+        }
+    }
+
+    /// Resolves every default for `target` (the runtime and provider the graphs will run on)
+    /// on `cpus` CPUs.
+    pub fn plan(&self, target: Target, cpus: usize) -> Result<Plan> {
+        let gpu = target.gpu();
         let backends = match self.workers() {
             Some(0) => bail!("--workers must be at least 1"),
             Some(n) => n,
@@ -219,18 +364,16 @@ impl ModelArgs {
         let threads = match self.threads {
             Some(0) => bail!("--threads must be at least 1"),
             Some(n) => n,
-            None => default_intra_threads(cpus, backends),
+            None => default_threads(cpus, backends),
         };
         let cpu_threads = match self.cpu_threads {
             Some(0) => bail!("--cpu-threads must be at least 1"),
             Some(n) => n,
             None => cpus.max(1),
         };
-        Ok(Plan {
-            model_dir: self.model_dir(),
-            layout: self.layout,
-            max_pixels: self.max_pixels,
-            ort: OrtConfig {
+        let runtime = match target {
+            #[cfg(feature = "ort")]
+            Target::Ort(_) => RuntimeConfig::Ort(OrtConfig {
                 lib: self.ort_lib.clone(),
                 device: self.device,
                 roi_align: self.roi_align.unwrap_or(if gpu {
@@ -238,13 +381,30 @@ impl ModelArgs {
                 } else {
                     RoiAlign::Rust
                 }),
+                roi_align_requested: self.roi_align.is_some(),
                 session: SessionOptions {
                     intra_threads: Some(threads),
                     spinning: self.ort_spinning,
                     mem_pattern: self.ort_mem_pattern,
                     cpu_arena: self.ort_cpu_arena,
                 },
-            },
+            }),
+            #[cfg(feature = "tract")]
+            Target::Tract => {
+                if self.roi_align == Some(RoiAlign::Graph) {
+                    bail!(
+                        "--roi-align graph: tract cannot run the RoIAlign graphs (it has no \
+                         RoiAlign op); the tract backend pools with maskserve's own kernel"
+                    );
+                }
+                RuntimeConfig::Tract(TractConfig { threads })
+            }
+        };
+        Ok(Plan {
+            model_dir: self.model_dir(),
+            layout: self.layout,
+            max_pixels: self.max_pixels,
+            runtime,
             backends,
             engine: EngineConfig {
                 cpu_threads,
@@ -361,8 +521,8 @@ fn nonempty(v: &Option<String>) -> Option<&str> {
 
 impl ServeArgs {
     /// The model plan plus the server's own engine settings (queue bound, test hooks).
-    pub fn plan(&self, provider: Provider, cpus: usize) -> Result<Plan> {
-        let mut plan = self.model.plan(provider, cpus)?;
+    pub fn plan(&self, target: Target, cpus: usize) -> Result<Plan> {
+        let mut plan = self.model.plan(target, cpus)?;
         if let Some(q) = self.queue_size {
             plan.engine.queue_size = q.max(1);
         }
@@ -550,13 +710,21 @@ mod tests {
         assert_eq!(junk.model.workers(), None);
     }
 
+    /// The CPU target of the default backend.
+    fn cpu() -> Target {
+        #[cfg(feature = "ort")]
+        return Target::Ort(Provider::Cpu);
+        #[cfg(not(feature = "ort"))]
+        return Target::Tract;
+    }
+
     #[test]
     fn machine_defaults() {
         let a = args(&[]);
         for (cpus, backends, threads) in [(1, 1, 1), (2, 2, 1), (4, 2, 2), (8, 4, 2), (64, 4, 16)] {
-            let p = a.plan(Provider::Cpu, cpus).unwrap();
+            let p = a.plan(cpu(), cpus).unwrap();
             assert_eq!(
-                (p.backends, p.ort.session.intra_threads),
+                (p.backends, p.threads()),
                 (backends, Some(threads)),
                 "{cpus} CPUs"
             );
@@ -564,17 +732,18 @@ mod tests {
             assert_eq!(p.engine.max_batch_size, DEFAULT_CPU_MAX_BATCH);
             assert_eq!(p.engine.queue_size, 16);
         }
-        let g = a.plan(Provider::Cuda, 8).unwrap();
-        assert_eq!(
-            (g.backends, g.engine.max_batch_size),
-            (1, DEFAULT_GPU_MAX_BATCH)
-        );
-        let single = args(&["--layout", "single"])
-            .plan(Provider::Cpu, 2)
-            .unwrap();
+        #[cfg(feature = "ort")]
+        {
+            let g = a.plan(Target::Ort(Provider::Cuda), 8).unwrap();
+            assert_eq!(
+                (g.backends, g.engine.max_batch_size),
+                (1, DEFAULT_GPU_MAX_BATCH)
+            );
+        }
+        let single = args(&["--layout", "single"]).plan(cpu(), 2).unwrap();
         assert_eq!(single.engine.max_batch_size, 1);
         assert!(args(&["--layout", "single", "--max-batch-size", "2"])
-            .plan(Provider::Cpu, 2)
+            .plan(cpu(), 2)
             .is_err());
         let p = args(&[
             "--workers",
@@ -586,9 +755,9 @@ mod tests {
             "--queue-size",
             "7",
         ])
-        .plan(Provider::Cpu, 2)
+        .plan(cpu(), 2)
         .unwrap();
-        assert_eq!((p.backends, p.ort.session.intra_threads), (3, Some(5)));
+        assert_eq!((p.backends, p.threads()), (3, Some(5)));
         assert_eq!(p.engine.max_batch_delay, Some(Duration::from_micros(2500)));
         assert_eq!(p.engine.queue_size, 7);
         for bad in [
@@ -596,10 +765,70 @@ mod tests {
             &["--max-batch-size", "0"],
             &["--max-batch-delay=-1"],
         ] {
-            assert!(args(bad).plan(Provider::Cpu, 2).is_err(), "{bad:?}");
+            assert!(args(bad).plan(cpu(), 2).is_err(), "{bad:?}");
         }
     }
 
+    #[test]
+    fn backend_choice() {
+        assert_eq!(args(&[]).model.backend, BackendKind::DEFAULT);
+        assert_eq!(
+            BackendKind::DEFAULT,
+            if cfg!(feature = "ort") {
+                BackendKind::Ort
+            } else {
+                BackendKind::Tract
+            }
+        );
+        for kind in [BackendKind::Ort, BackendKind::Tract] {
+            let a = args(&["--backend", kind.feature()]);
+            let r = a.model.runtime();
+            if kind.compiled_in() {
+                r.unwrap();
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(
+                    e.contains("built without") && e.contains(&format!("--features {kind}")),
+                    "{e}"
+                );
+            }
+        }
+        assert!(Cli::try_parse_from(["m", "--backend", "onnx"]).is_err());
+    }
+
+    #[cfg(feature = "tract")]
+    #[test]
+    fn tract_plans() {
+        let a = args(&["--backend", "tract"]);
+        assert!(matches!(a.model.runtime().unwrap(), Runtime::Tract));
+        for (cpus, backends, threads) in [(1, 1, 1), (2, 2, 1), (4, 2, 2), (8, 4, 2)] {
+            let p = a.plan(Target::Tract, cpus).unwrap();
+            assert_eq!((p.backends, p.threads()), (backends, Some(threads)));
+            assert_eq!(p.engine.max_batch_size, DEFAULT_CPU_MAX_BATCH);
+            assert!(
+                matches!(p.runtime, RuntimeConfig::Tract(TractConfig { threads: t }) if t == threads)
+            );
+        }
+        let e = args(&["--backend", "tract", "--roi-align", "graph"])
+            .plan(Target::Tract, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RoiAlign"), "{e}");
+        args(&["--backend", "tract", "--roi-align", "rust"])
+            .plan(Target::Tract, 2)
+            .unwrap();
+        #[cfg(feature = "ort")]
+        for device in ["cuda", "tensorrt"] {
+            let e = args(&["--backend", "tract", "--device", device])
+                .model
+                .runtime()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("CPU only"), "{e}");
+        }
+    }
+
+    #[cfg(feature = "ort")]
     #[test]
     fn ort_switches() {
         let a = args(&[]);

@@ -1,7 +1,8 @@
-//! maskserve: Mask R-CNN inference — ONNX Runtime graphs for the dense work, Rust for the
-//! data-dependent stages (anchors, proposals, NMS, mask paste, encoding).
+//! maskserve: Mask R-CNN inference — ONNX Runtime (or tract, feature `tract`) graphs for the
+//! dense work, Rust for the data-dependent stages (anchors, proposals, NMS, mask paste,
+//! encoding).
 //!
-//! `config` (every setting) → `loader` (library, manifest, backends) → `engine` (CPU pool,
+//! `config` (every setting) → `loader` (runtime, manifest, backends) → `engine` (CPU pool,
 //! batcher, backend threads) running `pipeline` (the model: `detection` stages between the
 //! `backend`'s graphs, `encode` for the masks) → `server` (HTTP).
 

@@ -16,7 +16,7 @@ use maskserve::types::{ImageResult, MaskFormat, PredictError, PredictOptions, St
 #[command(
     name = "maskserve",
     version,
-    about = "Mask R-CNN inference on ONNX Runtime"
+    about = "Mask R-CNN inference on ONNX Runtime or tract"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -117,11 +117,10 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 fn predict(a: PredictArgs) -> Result<ExitCode> {
     let n = a.images.len();
     let model = a.model.clone();
-    let loaded = maskserve::loader::load(
-        a.model.ort_lib.as_deref(),
-        a.model.device,
-        move |provider, cpus| {
-            let mut plan = model.plan(provider, cpus)?;
+    let loaded = maskserve::loader::load_on(
+        &a.model.runtime()?,
+        move |target, cpus| {
+            let mut plan = model.plan(target, cpus)?;
             plan.engine.queue_size = plan.engine.queue_size.max(n);
             Ok(plan)
         },

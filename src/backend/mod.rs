@@ -2,14 +2,64 @@
 //!
 //! A backend owns one set of sessions and is driven by one thread, so its methods take
 //! `&mut self`. Graph (a)'s feature maps stay inside the backend as its own [`Backend::Features`]
-//! (host tensors for ONNX Runtime's CPU provider; device memory for a GPU runtime), and only the
-//! small tensors the Rust stages need cross this boundary: RPN objectness and deltas, the box
-//! head's class logits and regression, the mask head's 28×28 logits.
+//! (host tensors for ONNX Runtime's CPU provider and for tract; device memory for a GPU
+//! runtime), and only the small tensors the Rust stages need cross this boundary: RPN
+//! objectness and deltas, the box head's class logits and regression, the mask head's 28×28
+//! logits.
+//!
+//! Two runtimes, each behind its Cargo feature: `ort` (ONNX Runtime, the default) and `tract`
+//! (pure Rust, CPU only, per-level exports only).
+
+#[cfg(not(any(feature = "ort", feature = "tract")))]
+compile_error!("maskserve needs a runtime: enable the `ort` feature, the `tract` feature, or both");
 
 pub mod fake;
+#[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use crate::detection::transform::Batch;
+
+/// The runtimes `--backend` chooses from; each exists only in a binary built with its feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// ONNX Runtime (CPU, CUDA, TensorRT), loaded from ORT_DYLIB_PATH.
+    Ort,
+    /// tract: pure Rust, CPU only; models exported with per-level RoI pooling.
+    Tract,
+}
+
+impl BackendKind {
+    /// ONNX Runtime where this binary has it, else tract.
+    pub const DEFAULT: BackendKind = if cfg!(feature = "ort") {
+        BackendKind::Ort
+    } else {
+        BackendKind::Tract
+    };
+
+    /// Whether this binary was built with the runtime.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            BackendKind::Ort => cfg!(feature = "ort"),
+            BackendKind::Tract => cfg!(feature = "tract"),
+        }
+    }
+
+    /// The Cargo feature that builds the runtime in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Ort => "ort",
+            BackendKind::Tract => "tract",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.feature())
+    }
+}
 
 /// One RPN level of a whole batch, as graph (a) writes it: `objectness [B, A, h, w]` and
 /// `deltas [B, 4A, h, w]`.

@@ -277,6 +277,9 @@ pub struct OrtConfig {
     pub device: Device,
     /// Where a per-level export's RoIAlign runs (dense exports pool in their head graphs).
     pub roi_align: RoiAlign,
+    /// `roi_align` was asked for (not the device's default): a model that cannot do it is an
+    /// error, not a silent fallback.
+    pub roi_align_requested: bool,
     pub session: SessionOptions,
 }
 
@@ -377,6 +380,16 @@ impl OrtBackend {
                     .collect();
                 check_io(&a, &[], &outputs).context("graph backbone_rpn")?;
                 let pooling = match g.roi_pooling {
+                    RoiPooling::Dense
+                        if cfg.roi_align_requested && cfg.roi_align == RoiAlign::Rust =>
+                    {
+                        bail!(
+                            "--roi-align rust needs a per-level export: this model pools inside its \
+                             head graphs (graphs.roi_pooling dense); re-export it with \
+                             `python -m maskexport.export --checkpoint … --roi-pooling per-level`, \
+                             or leave --roi-align unset"
+                        )
+                    }
                     RoiPooling::Dense => {
                         let mut inputs: Vec<&str> =
                             g.feature_names.iter().map(String::as_str).collect();

@@ -34,11 +34,10 @@ const WARM_UP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Multi-model mode's loader: the server's settings with `dir` as the model directory, and a
 /// warm-up so the load's memory and failures show before the first invocation.
 fn load_model_dir(args: &ServeArgs, dir: &Path, metrics: Arc<Metrics>) -> Result<Engine> {
-    let loaded = crate::loader::load(
-        args.model.ort_lib.as_deref(),
-        args.model.device,
-        |provider, cpus| {
-            let mut plan = args.plan(provider, cpus)?;
+    let loaded = crate::loader::load_on(
+        &args.model.runtime()?,
+        |target, cpus| {
+            let mut plan = args.plan(target, cpus)?;
             plan.model_dir = dir.to_path_buf();
             Ok(plan)
         },
@@ -70,10 +69,9 @@ fn registry(args: &ServeArgs) -> Result<Registry> {
 /// Loads the model and starts the engine (runs on a background thread).
 fn load(args: &ServeArgs, metrics: &Arc<Metrics>) -> Result<Ready> {
     let model_dir = args.model.model_dir();
-    let loaded = crate::loader::load(
-        args.model.ort_lib.as_deref(),
-        args.model.device,
-        |provider, cpus| args.plan(provider, cpus),
+    let loaded = crate::loader::load_on(
+        &args.model.runtime()?,
+        |target, cpus| args.plan(target, cpus),
         Arc::clone(metrics),
     )
     .with_context(|| format!("loading the model from {}", model_dir.display()))?;
@@ -125,10 +123,12 @@ fn spawn_loader(args: &ServeArgs, state: web::Data<AppState>) -> Result<()> {
 /// Runs the server until SIGTERM/SIGINT; returns once in-flight requests have finished.
 pub fn run(args: ServeArgs) -> Result<()> {
     let settings = args.settings()?;
+    // A runtime this binary lacks (or cannot use as asked) fails the start, not the load.
+    let runtime = args.model.runtime()?;
     let metrics = Arc::new(Metrics::new("maskserve"));
     let models = if args.multi_model {
         // The ONNX Runtime library is loaded once for all models: a bad path fails the start.
-        crate::backend::ort::environment(args.model.ort_lib.as_deref())?;
+        crate::loader::init(&runtime)?;
         Some(Arc::new(registry(&args)?))
     } else {
         None
