@@ -2,6 +2,7 @@
 //! layouts, plus CLI behaviour that needs ONNX Runtime (device selection, bad input).
 //!
 //! Needs ONNX Runtime: ORT_DYLIB_PATH, or scripts/ort-lib.sh is asked for it.
+#![cfg(feature = "ort")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,6 +2,7 @@
 //! engine with several backends, multi-image requests with a broken image, the empty-result
 //! path, and batched results against one-by-one results. Model: models/shapes, else
 //! MASKSERVE_PARITY_MODEL, else model-export/work/random-tiny; skipped when none exists.
+#![cfg(feature = "ort")]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //!
 //! One shared server runs the corpus, the panic-isolation and the slow-client checks in
 //! sequence; the overload check has its own server with a tiny queue.
+#![cfg(feature = "ort")]
 
 mod server_support;
 

@@ -1,5 +1,6 @@
 //! Concurrency: results under parallel load equal serial ones, and /ping stays fast while
 //! real inference saturates the workers.
+#![cfg(feature = "ort")]
 
 mod server_support;
 

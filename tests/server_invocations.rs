@@ -1,6 +1,7 @@
 //! `/invocations` over real HTTP against the real binary: content types, TF-Serving and seed
 //! JSON, JSON Lines, Accept, custom attributes, every error status, body limits, request ids,
 //! `/execution-parameters` and `/metrics`.
+#![cfg(feature = "ort")]
 
 mod server_support;
 

@@ -1,5 +1,6 @@
 //! The process side of the contract: bind before load, /ping while loading and when broken,
 //! SIGTERM during a request, the `serve` argument, the optional metrics port, JSON logs.
+#![cfg(feature = "ort")]
 
 mod server_support;
 

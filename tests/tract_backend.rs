@@ -3,6 +3,7 @@
 //! (models/shapes/reference.json) and, when ONNX Runtime is compiled in too, ONNX Runtime's;
 //! batches equal single images; graph (a)'s plans per input shape stay bounded; and what tract
 //! cannot run (dense exports, the single layout, the RoIAlign graphs) is refused at load.
+#![cfg(feature = "tract")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
