@@ -555,11 +555,10 @@ fn cpu_loop(s: &Shared) {
 fn prepare(s: &Shared, item: Item, bytes: &[u8]) {
     let r = Arc::clone(&item.request);
     let opts = &r.opts[item.index];
-    if let (Some(tiling), Ok(())) = (
-        s.model.tiling_for(opts),
-        r.check(item.index, Instant::now()),
-    ) {
-        if validate(opts).is_ok() {
+    // A tiled image that may run goes its own way; a skipped or invalid one is answered below
+    // like any image.
+    if let Some(tiling) = s.model.tiling_for(opts) {
+        if r.check(item.index, Instant::now()).is_ok() && validate(opts).is_ok() {
             return prepare_tiled(s, item, bytes, tiling);
         }
     }
