@@ -23,6 +23,7 @@ if docker version >/dev/null 2>&1; then
 fi
 ORT_DYLIB_PATH=$(scripts/ort-lib.sh)
 export ORT_DYLIB_PATH
+scripts/build-deps.sh
 
 echo "== lints"
 cargo fmt --all -- --check

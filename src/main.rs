@@ -40,6 +40,25 @@ enum Command {
     /// values as JSON.
     #[command(hide = true)]
     DebugRoiAlign,
+    /// Test helper: decodes images as `serve` does; writes each as binary PPM into --out and
+    /// prints one JSON line per image (its size, or the error), or with --repeat prints the
+    /// median decode time of maskserve's decoder and of the `image` crate's.
+    #[command(hide = true)]
+    DebugDecode(DebugDecodeArgs),
+}
+
+#[derive(clap::Args)]
+struct DebugDecodeArgs {
+    /// Folder for `<file name>.ppm` of each decoded image.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Decode each image N times with both decoders; print the median times as JSON lines.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
+    #[arg(long, default_value_t = maskserve::pipeline::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +120,7 @@ fn main() -> ExitCode {
         }
         Command::DebugRleDecode => rle_decode(),
         Command::DebugRoiAlign => roi_align(),
+        Command::DebugDecode(a) => debug_decode(a),
     };
     match r {
         Ok(code) => code,
@@ -278,6 +298,60 @@ struct RoiAlignInput {
     boxes: Vec<Vec<[f32; 4]>>,
     output_size: usize,
     sampling_ratio: usize,
+}
+
+fn debug_decode(a: DebugDecodeArgs) -> Result<ExitCode> {
+    use maskserve::decode::{decode, decode_with_image_crate};
+    let mut stdout = std::io::stdout().lock();
+    for path in &a.images {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(n) = a.repeat {
+            let median = |f: &dyn Fn() -> bool| {
+                let mut times: Vec<f64> = (0..n.max(1))
+                    .map(|_| {
+                        let t = Instant::now();
+                        let ok = f();
+                        (t.elapsed().as_secs_f64() * 1e3, ok)
+                    })
+                    .filter_map(|(ms, ok)| ok.then_some(ms))
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                times.get(times.len() / 2).copied()
+            };
+            let ours = median(&|| decode(&bytes, a.max_pixels).is_ok());
+            let image_rs = median(&|| decode_with_image_crate(&bytes, a.max_pixels).is_ok());
+            let line =
+                serde_json::json!({"file": name, "maskserve_ms": ours, "image_crate_ms": image_rs});
+            writeln!(stdout, "{line}")?;
+            continue;
+        }
+        let line = match decode(&bytes, a.max_pixels) {
+            Ok(img) => {
+                if let Some(dir) = &a.out {
+                    let mut ppm = format!("P6\n{} {}\n255\n", img.width, img.height).into_bytes();
+                    ppm.extend_from_slice(&img.data);
+                    std::fs::write(dir.join(format!("{name}.ppm")), ppm)?;
+                }
+                serde_json::json!({"file": name, "width": img.width, "height": img.height})
+            }
+            Err(e) => {
+                let kind = match e {
+                    PredictError::BadImage(_) => "bad_image",
+                    PredictError::UnsupportedFormat(_) => "unsupported_format",
+                    PredictError::TooManyPixels { .. } => "too_many_pixels",
+                    _ => "other",
+                };
+                serde_json::json!({"file": name, "error": e.to_string(), "kind": kind})
+            }
+        };
+        writeln!(stdout, "{line}")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn roi_align() -> Result<ExitCode> {
