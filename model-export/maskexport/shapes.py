@@ -1,8 +1,9 @@
 """Synthetic shapes data set in COCO format, deterministic by seed.
 
 Filled circles, squares (rotated too) and triangles in random colours on plain, gradient or
-noisy backgrounds; 1-4 instances that may overlap (later ones occlude earlier ones); images of
-varied non-square sizes.
+noisy backgrounds; instances that may overlap (later ones occlude earlier ones); images of varied
+non-square sizes. Two families: ``wide`` (the default, the bundled fixture's since its second
+training) and ``narrow`` (the first fixture's).
 """
 
 from __future__ import annotations
@@ -18,9 +19,33 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 CLASSES = ("circle", "square", "triangle")
-MIN_SIDE, MAX_SIDE = 160, 400
-# An instance occluded below this fraction of its own area is dropped from the image.
-MIN_VISIBLE = 0.35
+MIN_PIXELS = 64
+
+
+@dataclass(frozen=True)
+class Family:
+    """The ranges a data set is drawn from."""
+
+    min_side: int
+    max_side: int
+    # Largest long side / short side; sides are drawn independently when it is 0.
+    max_aspect: float
+    # Shape radius as a fraction of the image's short side.
+    min_radius: float
+    max_radius: float
+    max_instances: int
+    # An instance occluded below this fraction of its own area is dropped from the image.
+    min_visible: float
+
+
+FAMILIES = {
+    # Short side log-uniform in 160-1000 px, aspect up to 1.6; radius 4-30 % of the short side
+    # (from 6 px, objects about 13 px across, on the smallest images); up to 6 instances.
+    "wide": Family(160, 1000, 1.6, 0.04, 0.3, 6, 0.3),
+    # The first fixture's: sides 160-400 px drawn independently, radius 8-30 %, up to 4.
+    "narrow": Family(160, 400, 0.0, 0.08, 0.3, 4, 0.35),
+}
+DEFAULT_FAMILY = "wide"
 
 
 @dataclass
@@ -57,8 +82,18 @@ def _polygon(rng: np.random.Generator, label: int, cx: float, cy: float, r: floa
     return [c for a in angles for c in (cx + r * math.cos(a), cy + r * math.sin(a))]
 
 
-def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int) -> np.ndarray:
-    r = rng.uniform(0.08, 0.3) * min(h, w)
+def _size(rng: np.random.Generator, fam: Family) -> tuple[int, int]:
+    if not fam.max_aspect:
+        h, w = (int(v) for v in rng.integers(fam.min_side, fam.max_side + 1, size=2))
+        return h, w
+    short = math.exp(rng.uniform(math.log(fam.min_side), math.log(fam.max_side)))
+    long = min(short * rng.uniform(1.0, fam.max_aspect), fam.max_side)
+    h, w = round(short), round(long)
+    return (h, w) if rng.random() < 0.5 else (w, h)
+
+
+def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int, fam: Family) -> np.ndarray:
+    r = rng.uniform(fam.min_radius, fam.max_radius) * min(h, w)
     cx = rng.uniform(r * 0.5, w - r * 0.5)
     cy = rng.uniform(r * 0.5, h - r * 0.5)
     canvas = Image.new("L", (w, h), 0)
@@ -79,16 +114,17 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
     return 255 - avoid
 
 
-def render(seed: int, index: int) -> tuple[np.ndarray, list[Instance]]:
+def render(seed: int, index: int, family: str = DEFAULT_FAMILY) -> tuple[np.ndarray, list[Instance]]:
     """Image ``index`` of the data set ``seed``: uint8 [H, W, 3] and its visible instances."""
+    fam = FAMILIES[family]
     rng = np.random.default_rng([seed, index])
-    h, w = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    h, w = _size(rng, fam)
     img = _background(rng, h, w)
     placed: list[tuple[int, np.ndarray]] = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, fam.max_instances + 1))):
         label = int(rng.integers(1, len(CLASSES) + 1))
-        m = _shape_mask(rng, label, h, w)
-        if m.sum() < 64:
+        m = _shape_mask(rng, label, h, w, fam)
+        if m.sum() < MIN_PIXELS:
             continue
         avoid = img[m].mean(axis=0)
         img[m] = _colour(rng, avoid)
@@ -98,7 +134,7 @@ def render(seed: int, index: int) -> tuple[np.ndarray, list[Instance]]:
         visible = m.copy()
         for _, later in placed[i + 1 :]:
             visible &= ~later
-        if visible.sum() >= MIN_VISIBLE * m.sum() and visible.sum() >= 64:
+        if visible.sum() >= fam.min_visible * m.sum() and visible.sum() >= MIN_PIXELS:
             instances.append(Instance(label, visible))
     return np.clip(img, 0, 255).astype(np.uint8), instances
 
@@ -117,12 +153,12 @@ def coco_annotation(ann_id: int, image_id: int, inst: Instance) -> dict:
     }
 
 
-def write_dataset(out: Path, seed: int, count: int) -> Path:
+def write_dataset(out: Path, seed: int, count: int, family: str = DEFAULT_FAMILY) -> Path:
     """Write ``count`` images and ``annotations.json`` (COCO) under ``out``; returns its path."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
-        img, instances = render(seed, i)
+        img, instances = render(seed, i, family)
         name = f"{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         images.append({"id": i + 1, "file_name": name, "height": img.shape[0], "width": img.shape[1]})
@@ -139,8 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--count", type=int, default=100)
+    p.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY)
     a = p.parse_args(argv)
-    print(write_dataset(a.out, a.seed, a.count))
+    print(write_dataset(a.out, a.seed, a.count, a.family))
 
 
 if __name__ == "__main__":

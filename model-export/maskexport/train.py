@@ -54,6 +54,8 @@ def train(
     warmup: int | None = None,
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
     metrics_out: Path | None = None,
+    min_sizes: tuple[int, ...] | None = None,
+    max_size: int | None = None,
 ) -> dict[str, float]:
     """Train for ``iterations`` steps; writes the checkpoint and returns val metrics (if any).
 
@@ -65,6 +67,9 @@ def train(
     collective, and joining the process group, fails after ``collective_timeout_s`` instead of
     waiting for a peer that died or was cut off. Rank 0 logs (images/s counts all ranks), writes
     the checkpoint and, with ``val_dir``, evaluates, logs the metrics and writes ``metrics_out``.
+
+    ``min_sizes`` / ``max_size`` train at several scales (torchvision picks one short side per
+    batch); evaluation and the checkpoint's model keep the architecture's own sizes.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -93,6 +98,11 @@ def train(
         if ckpt["arch"] != arch or ckpt["classes"] != classes:
             raise ValueError(f"{init} holds {ckpt['arch']} for {ckpt['classes']}, not {arch} for {classes}")
         model.load_state_dict(ckpt["state_dict"])
+    test_sizes = (model.transform.min_size, model.transform.max_size)
+    if min_sizes:
+        model.transform.min_size = tuple(min_sizes)
+    if max_size:
+        model.transform.max_size = max_size
     model = model.to(device)
     sampler = torch.utils.data.DistributedSampler(ds, seed=seed) if distributed else None
     loader = torch.utils.data.DataLoader(
@@ -172,6 +182,7 @@ def train(
         elapsed = time.time() - start
         print(train_done_line(it, elapsed, it * batch_size * world / max(elapsed, 1e-9)), flush=True)
         model.eval().cpu()
+        model.transform.min_size, model.transform.max_size = test_sizes
         out_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(str(out_checkpoint), model, arch, classes)
         if val_dir is not None:
@@ -227,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
         help="distributed: fail when joining the group or a collective takes longer than this",
     )
     p.add_argument("--metrics-out", type=Path, help="write the val metrics (JSON) here")
+    p.add_argument(
+        "--min-sizes",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="train at these short sides, one drawn per batch (e.g. 224,256,288,320)",
+    )
+    p.add_argument("--max-size", type=int, help="training's long-side cap (with --min-sizes)")
     p.add_argument("--failure-dir", type=Path, help="on failure, write rank<N>.txt saying why here")
     a = p.parse_args(argv)
     if "TORCHELASTIC_RUN_ID" in os.environ:
@@ -250,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             warmup=a.warmup,
             collective_timeout_s=a.collective_timeout_s,
             metrics_out=a.metrics_out,
+            min_sizes=a.min_sizes,
+            max_size=a.max_size,
         )
     except Exception as e:
         if a.failure_dir is not None:

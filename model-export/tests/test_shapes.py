@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pycocotools.coco import COCO
 
-from maskexport.shapes import CLASSES, MAX_SIDE, MIN_SIDE, render, write_dataset
+from maskexport.shapes import CLASSES, FAMILIES, render, write_dataset
 
 
 def test_render_is_deterministic_by_seed() -> None:
@@ -22,15 +23,21 @@ def test_render_is_deterministic_by_seed() -> None:
     assert c_img.shape != a_img.shape or not np.array_equal(c_img, a_img)
 
 
-def test_images_and_instances_in_range() -> None:
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_images_and_instances_in_range(family: str) -> None:
+    fam = FAMILIES[family]
     labels = set()
     shapes = set()
+    sides = []
     for i in range(60):
-        img, inst = render(11, i)
+        img, inst = render(11, i, family)
         h, w, c = img.shape
-        assert c == 3 and MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE
+        assert c == 3 and fam.min_side <= min(h, w) and max(h, w) <= fam.max_side
+        if fam.max_aspect:
+            assert max(h, w) <= fam.max_aspect * min(h, w) + 1
         shapes.add(h == w)
-        assert 1 <= len(inst) <= 4
+        sides.append(min(h, w))
+        assert 1 <= len(inst) <= fam.max_instances
         for k in inst:
             assert k.mask.shape == (h, w) and k.mask.sum() >= 64
             labels.add(k.label)
@@ -39,6 +46,9 @@ def test_images_and_instances_in_range() -> None:
         assert total.max() <= 1
     assert labels == {1, 2, 3}
     assert False in shapes
+    # The short sides spread over the family's range, not one end of it.
+    span = fam.max_side - fam.min_side
+    assert min(sides) < fam.min_side + span / 4 and max(sides) > fam.max_side - span / 2
 
 
 def test_write_dataset_is_valid_coco(tmp_path: Path) -> None:
