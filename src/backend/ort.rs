@@ -4,7 +4,6 @@
 //! `auto` tries CUDA strictly (so that a failure is visible) and falls back to CPU with a log line;
 //! an explicit `cuda`/`tensorrt` that cannot register is a start-up error, never a silent fallback.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -13,7 +12,7 @@ use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::SessionBuilder;
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::{
@@ -321,6 +320,7 @@ struct RoiSizes {
 pub struct OrtBackend {
     graphs: Graphs,
     provider: Provider,
+    placement: Placement,
     /// Input name of graph (a) / of the single graph.
     first_input: String,
     feature_names: Vec<String>,
@@ -421,6 +421,11 @@ impl OrtBackend {
                                     mask_roi_align: mp,
                                 }
                             }
+                            (RoiAlign::Rust, None, None) if provider != Provider::Cpu => bail!(
+                                "--roi-align rust pools on the host, but the features stay in \
+                                 {} memory: use --roi-align graph (the default on a GPU)",
+                                provider.name()
+                            ),
                             (RoiAlign::Rust, None, None) => Pooling::Rust {
                                 threads: cfg.session.intra_threads.unwrap_or(1),
                             },
@@ -454,6 +459,9 @@ impl OrtBackend {
         Ok(OrtBackend {
             graphs,
             provider,
+            placement: Placement {
+                gpu: provider != Provider::Cpu,
+            },
             first_input,
             feature_names: g.feature_names.clone(),
             objectness_names: g.objectness_names.clone(),
@@ -480,6 +488,142 @@ fn run_err<E: std::fmt::Display>(graph: &'static str) -> impl FnOnce(E) -> Backe
     }
 }
 
+/// Where graph outputs are bound. The FPN features and the pooled RoIs stay in the provider's
+/// memory (the GPU's under CUDA and TensorRT), so the next graph takes them where they are; the
+/// small tensors the Rust stages read come to the host (pinned memory under CUDA, which the
+/// device copies into without staging).
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    gpu: bool,
+}
+
+impl Placement {
+    fn device(self) -> ort::Result<MemoryInfo<'static>> {
+        if self.gpu {
+            MemoryInfo::new(
+                AllocationDevice::CUDA,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+        } else {
+            Self::cpu()
+        }
+    }
+
+    fn host(self) -> ort::Result<MemoryInfo<'static>> {
+        if self.gpu {
+            MemoryInfo::new(
+                AllocationDevice::CUDA_PINNED,
+                0,
+                AllocatorType::Device,
+                MemoryType::CPUOutput,
+            )
+        } else {
+            Self::cpu()
+        }
+    }
+
+    fn cpu() -> ort::Result<MemoryInfo<'static>> {
+        MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+    }
+}
+
+/// The outputs of one bound run, by name.
+struct Outputs {
+    graph: &'static str,
+    values: Vec<(String, DynValue)>,
+}
+
+impl Outputs {
+    fn take(&mut self, name: &str) -> Result<DynValue, BackendError> {
+        let i = self
+            .values
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| BackendError::Shape {
+                graph: self.graph,
+                message: format!("no output {name}"),
+            })?;
+        Ok(self.values.swap_remove(i).1)
+    }
+
+    fn get(&self, name: &str) -> Result<&DynValue, BackendError> {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| BackendError::Shape {
+                graph: self.graph,
+                message: format!("no output {name}"),
+            })
+    }
+
+    /// Shape and data of a float output in host memory.
+    fn f32(&self, name: &str) -> Result<(Vec<usize>, &[f32]), BackendError> {
+        let (shape, data) = self
+            .get(name)?
+            .try_extract_tensor::<f32>()
+            .map_err(run_err(self.graph))?;
+        Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
+    }
+}
+
+/// Runs `session` through an IoBinding: `bind` binds the inputs, `device_outputs` stay in the
+/// provider's memory and `host_outputs` come to the host (see [`Placement`]). One code path on
+/// every provider, so the CPU tests run the one the GPU runs.
+fn run_bound(
+    session: &mut Session,
+    graph: &'static str,
+    placement: Placement,
+    bind: impl FnOnce(&mut IoBinding) -> Result<(), BackendError>,
+    device_outputs: &[&str],
+    host_outputs: &[&str],
+) -> Result<Outputs, BackendError> {
+    let mut binding = session.create_binding().map_err(run_err(graph))?;
+    bind(&mut binding)?;
+    let device = placement.device().map_err(run_err(graph))?;
+    let host = placement.host().map_err(run_err(graph))?;
+    for name in device_outputs {
+        binding
+            .bind_output_to_device(*name, &device)
+            .map_err(run_err(graph))?;
+    }
+    for name in host_outputs {
+        binding
+            .bind_output_to_device(*name, &host)
+            .map_err(run_err(graph))?;
+    }
+    let mut outs = session.run_binding(&binding).map_err(run_err(graph))?;
+    let mut values = Vec::with_capacity(device_outputs.len() + host_outputs.len());
+    for name in device_outputs.iter().chain(host_outputs) {
+        let v = outs.remove(*name).ok_or_else(|| BackendError::Shape {
+            graph,
+            message: format!("no output {name}"),
+        })?;
+        values.push((name.to_string(), v));
+    }
+    Ok(Outputs { graph, values })
+}
+
+/// Binds the feature maps under their names.
+fn bind_features(
+    binding: &mut IoBinding,
+    graph: &'static str,
+    names: &[String],
+    features: &[DynValue],
+) -> Result<(), BackendError> {
+    for (n, v) in names.iter().zip(features) {
+        binding.bind_input(n.as_str(), v).map_err(run_err(graph))?;
+    }
+    Ok(())
+}
+
 /// Shape and data of a float output.
 fn f32_output<'a>(
     outs: &'a SessionOutputs,
@@ -503,17 +647,6 @@ fn rois_tensor<'r>(rois: impl IntoIterator<Item = &'r Roi>) -> Result<Tensor<f32
         })
         .collect();
     Tensor::from_array(([data.len() / 5, 5], data)).map_err(run_err("rois"))
-}
-
-fn feature_inputs<'v>(
-    names: &'v [String],
-    features: &'v [DynValue],
-) -> Vec<(Cow<'v, str>, SessionInputValue<'v>)> {
-    names
-        .iter()
-        .zip(features)
-        .map(|(n, v)| (Cow::Borrowed(n.as_str()), SessionInputValue::from(v.view())))
-        .collect()
 }
 
 impl OrtBackend {
@@ -559,8 +692,10 @@ impl OrtBackend {
 
 /// The pooled `[K, C, out, out]` input of a head graph: by the RoIAlign graph (then in level
 /// order, with the groups to restore the batch's order) or by maskserve's kernel (in order).
+#[allow(clippy::too_many_arguments)]
 fn pool(
     pooling: &mut Pooling,
+    placement: Placement,
     head: Head,
     feature_names: &[String],
     features: &[DynValue],
@@ -580,26 +715,29 @@ fn pool(
             mask_roi_align,
         } => {
             let groups = LevelGroups::new(rois, mapper, features.len());
-            let mut inputs = feature_inputs(feature_names, features);
-            for (name, level) in roi_names(features.len())
-                .into_iter()
-                .zip(groups.split(rois))
-            {
-                inputs.push((
-                    Cow::Owned(name),
-                    SessionInputValue::from(rois_tensor(level)?),
-                ));
-            }
             let session = match head {
                 Head::Box => box_roi_align,
                 Head::Mask => mask_roi_align,
             };
-            let mut outs = session.run(inputs).map_err(run_err(graph))?;
-            let pooled = outs.remove("pooled").ok_or_else(|| BackendError::Shape {
+            let mut outs = run_bound(
+                session,
                 graph,
-                message: "no output pooled".into(),
-            })?;
-            Ok((pooled, Some(groups)))
+                placement,
+                |b| {
+                    bind_features(b, graph, feature_names, features)?;
+                    for (name, level) in roi_names(features.len())
+                        .into_iter()
+                        .zip(groups.split(rois))
+                    {
+                        b.bind_input(name, &rois_tensor(level)?)
+                            .map_err(run_err(graph))?;
+                    }
+                    Ok(())
+                },
+                &["pooled"],
+                &[],
+            )?;
+            Ok((outs.take("pooled")?, Some(groups)))
         }
         Pooling::Rust { threads } => {
             let levels = features
@@ -700,18 +838,29 @@ impl Backend for OrtBackend {
             return Err(BackendError::WrongLayout("single"));
         };
         let shape = [images.batch, 3, images.height, images.width];
-        let input =
-            TensorRef::from_array_view((shape, images.data.as_slice())).map_err(run_err(G))?;
-        let mut outs = backbone_rpn
-            .run(vec![(
-                self.first_input.as_str(),
-                SessionInputValue::from(input),
-            )])
-            .map_err(run_err(G))?;
+        // Owned: ort copies a borrowed tensor when binding it anyway (and its copy path
+        // deadlocks in rc.15), and the device copy reads it from here.
+        let input = Tensor::from_array((shape, images.data.clone())).map_err(run_err(G))?;
+        let features: Vec<&str> = self.feature_names.iter().map(String::as_str).collect();
+        let small: Vec<&str> = self
+            .objectness_names
+            .iter()
+            .chain(&self.deltas_names)
+            .map(String::as_str)
+            .collect();
+        let first_input = self.first_input.as_str();
+        let mut outs = run_bound(
+            backbone_rpn,
+            G,
+            self.placement,
+            |b| b.bind_input(first_input, &input).map_err(run_err(G)),
+            &features,
+            &small,
+        )?;
         let mut rpn = Vec::with_capacity(self.objectness_names.len());
         for (on, dn) in self.objectness_names.iter().zip(&self.deltas_names) {
-            let (os, od) = f32_output(&outs, G, on)?;
-            let (ds, dd) = f32_output(&outs, G, dn)?;
+            let (os, od) = outs.f32(on)?;
+            let (ds, dd) = outs.f32(dn)?;
             if os.len() != 4
                 || ds.len() != 4
                 || os[0] != images.batch
@@ -732,15 +881,9 @@ impl Backend for OrtBackend {
                 width: os[3],
             });
         }
-        let features = self
-            .feature_names
+        let features = features
             .iter()
-            .map(|n| {
-                outs.remove(n.as_str()).ok_or_else(|| BackendError::Shape {
-                    graph: G,
-                    message: format!("no output {n}"),
-                })
-            })
+            .map(|n| outs.take(n))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BackboneOutput { features, rpn })
     }
@@ -752,37 +895,53 @@ impl Backend for OrtBackend {
         image_sizes: &[(usize, usize)],
     ) -> Result<BoxHeadOutput, BackendError> {
         const G: &str = "box_head";
+        const OUT: [&str; 2] = ["class_logits", "box_regression"];
         let Graphs::Split {
             box_head, pooling, ..
         } = &mut self.graphs
         else {
             return Err(BackendError::WrongLayout("single"));
         };
+        let placement = self.placement;
+        let names = &self.feature_names;
         let (outs, groups) = if let Pooling::InHeads = **pooling {
-            let mut inputs = feature_inputs(&self.feature_names, features);
-            inputs.push((
-                Cow::Borrowed("rois"),
-                SessionInputValue::from(rois_tensor(rois)?),
-            ));
-            (box_head.run(inputs).map_err(run_err(G))?, None)
+            let outs = run_bound(
+                box_head,
+                G,
+                placement,
+                |b| {
+                    bind_features(b, G, names, features)?;
+                    b.bind_input("rois", &rois_tensor(rois)?)
+                        .map_err(run_err(G))
+                },
+                &[],
+                &OUT,
+            )?;
+            (outs, None)
         } else {
             let sizes = (self.roi.box_out, self.roi.box_sampling);
             let (pooled, groups) = pool(
                 pooling.as_mut(),
+                placement,
                 Head::Box,
-                &self.feature_names,
+                names,
                 features,
                 rois,
                 image_sizes,
                 sizes,
             )?;
-            let outs = box_head
-                .run(vec![("pooled", SessionInputValue::from(pooled))])
-                .map_err(run_err(G))?;
+            let outs = run_bound(
+                box_head,
+                G,
+                placement,
+                |b| b.bind_input("pooled", &pooled).map_err(run_err(G)),
+                &[],
+                &OUT,
+            )?;
             (outs, groups)
         };
-        let (ls, logits) = f32_output(&outs, G, "class_logits")?;
-        let (rs, regr) = f32_output(&outs, G, "box_regression")?;
+        let (ls, logits) = outs.f32(OUT[0])?;
+        let (rs, regr) = outs.f32(OUT[1])?;
         if ls.len() != 2 || ls[0] != rois.len() || rs != [rois.len(), ls[1] * 4] {
             return Err(BackendError::Shape {
                 graph: G,
@@ -809,50 +968,64 @@ impl Backend for OrtBackend {
         image_sizes: &[(usize, usize)],
     ) -> Result<Vec<f32>, BackendError> {
         const G: &str = "mask_head";
+        const OUT: [&str; 1] = ["mask_logits"];
         let Graphs::Split {
             mask_head, pooling, ..
         } = &mut self.graphs
         else {
             return Err(BackendError::WrongLayout("single"));
         };
-        let tensor = |labels: Vec<i64>| {
-            Tensor::from_array(([labels.len()], labels))
-                .map(SessionInputValue::from)
-                .map_err(run_err(G))
-        };
+        let tensor =
+            |labels: Vec<i64>| Tensor::from_array(([labels.len()], labels)).map_err(run_err(G));
+        let placement = self.placement;
+        let names = &self.feature_names;
         let (outs, groups) = if let Pooling::InHeads = **pooling {
-            let mut inputs = feature_inputs(&self.feature_names, features);
-            inputs.push((
-                Cow::Borrowed("rois"),
-                SessionInputValue::from(rois_tensor(rois)?),
-            ));
-            inputs.push((Cow::Borrowed("labels"), tensor(labels.to_vec())?));
-            (mask_head.run(inputs).map_err(run_err(G))?, None)
+            let labels = tensor(labels.to_vec())?;
+            let outs = run_bound(
+                mask_head,
+                G,
+                placement,
+                |b| {
+                    bind_features(b, G, names, features)?;
+                    b.bind_input("rois", &rois_tensor(rois)?)
+                        .map_err(run_err(G))?;
+                    b.bind_input("labels", &labels).map_err(run_err(G))
+                },
+                &[],
+                &OUT,
+            )?;
+            (outs, None)
         } else {
             let sizes = (self.roi.mask_out, self.roi.mask_sampling);
             let (pooled, groups) = pool(
                 pooling.as_mut(),
+                placement,
                 Head::Mask,
-                &self.feature_names,
+                names,
                 features,
                 rois,
                 image_sizes,
                 sizes,
             )?;
             // The pooled rows are in level order after the RoIAlign graph: so are the labels.
-            let labels = match &groups {
+            let labels = tensor(match &groups {
                 Some(g) => g.to_level_order(labels),
                 None => labels.to_vec(),
-            };
-            let outs = mask_head
-                .run(vec![
-                    ("pooled", SessionInputValue::from(pooled)),
-                    ("labels", tensor(labels)?),
-                ])
-                .map_err(run_err(G))?;
+            })?;
+            let outs = run_bound(
+                mask_head,
+                G,
+                placement,
+                |b| {
+                    b.bind_input("pooled", &pooled).map_err(run_err(G))?;
+                    b.bind_input("labels", &labels).map_err(run_err(G))
+                },
+                &[],
+                &OUT,
+            )?;
             (outs, groups)
         };
-        let (s, logits) = f32_output(&outs, G, "mask_logits")?;
+        let (s, logits) = outs.f32(OUT[0])?;
         if s.len() != 4 || s[0] != rois.len() || s[1] != 1 || s[2] != s[3] {
             return Err(BackendError::Shape {
                 graph: G,

@@ -75,7 +75,13 @@ def test_every_pooling_gives_the_same_detections(dense_export: Path) -> None:
         FIXTURE, "--roi-align", "rust", "--batch", "--max-batch-size", "4"
     )
     assert sum(len(r["detections"]) for r in graph) > 10
-    assert detections(graph) == detections(rust) == detections(dense)
+    assert detections(graph) == detections(rust)
+    # The dense graphs pool each RoI on every level and sum: the same values up to float
+    # rounding, which depends on the CPU's kernels (a few 1e-7 on some machines).
+    for pooled, summed in zip(detections(rust), detections(dense)):
+        assert [(d[0], d[3]) for d in pooled] == [(d[0], d[3]) for d in summed]
+        np.testing.assert_allclose([d[1] for d in pooled], [d[1] for d in summed], atol=1e-5)
+        np.testing.assert_allclose([d[2] for d in pooled], [d[2] for d in summed], atol=1e-3)
     for one, many in zip(detections(rust), detections(batched)):
         assert [d[0] for d in one] == [d[0] for d in many]
         np.testing.assert_allclose([d[1] for d in one], [d[1] for d in many], atol=1e-5)
