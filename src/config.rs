@@ -15,7 +15,7 @@ use clap::builder::FalseyValueParser;
 use clap::Args;
 
 #[cfg(feature = "ort")]
-use crate::backend::ort::{Device, OrtConfig, Provider, SessionOptions};
+use crate::backend::ort::{ConvSearch, Device, GpuOptions, OrtConfig, Provider, SessionOptions};
 #[cfg(feature = "tract")]
 use crate::backend::tract::TractConfig;
 use crate::backend::BackendKind;
@@ -160,6 +160,31 @@ pub struct ModelArgs {
     #[arg(long, env = "MASKSERVE_ORT_CPU_ARENA", value_name = "BOOL", default_value = "true",
           value_parser = switch_default_on, action = clap::ArgAction::Set)]
     pub ort_cpu_arena: bool,
+    /// CUDA/TensorRT: TF32 tensor-core math in convolutions and GEMMs (ONNX Runtime's
+    /// default; off gives full fp32 precision at a lower speed).
+    #[cfg(feature = "ort")]
+    #[arg(long, env = "MASKSERVE_CUDA_TF32", value_name = "BOOL", default_value = "true",
+          value_parser = switch_default_on, action = clap::ArgAction::Set)]
+    pub cuda_tf32: bool,
+    /// CUDA/TensorRT: how cuDNN picks each convolution's algorithm.
+    #[cfg(feature = "ort")]
+    #[arg(long, env = "MASKSERVE_CUDA_CONV_SEARCH", value_enum, default_value_t = ConvSearch::Exhaustive)]
+    pub cuda_conv_search: ConvSearch,
+    /// TensorRT: build fp16 engines (layers that need fp32 keep it).
+    #[cfg(feature = "ort")]
+    #[arg(long, env = "MASKSERVE_TRT_FP16", value_name = "BOOL", default_value = "false",
+          value_parser = switch_default_off, action = clap::ArgAction::Set)]
+    pub trt_fp16: bool,
+    /// TensorRT: a writable directory for its engine and timing caches (the model directory
+    /// is read-only on SageMaker); built engines are reused across restarts from here.
+    #[cfg(feature = "ort")]
+    #[arg(
+        long,
+        env = "MASKSERVE_TRT_CACHE_DIR",
+        value_name = "DIR",
+        default_value = "/tmp/maskserve-trt-cache"
+    )]
+    pub trt_cache_dir: PathBuf,
 }
 
 /// The runtime the settings ask for, with what it needs before any plan.
@@ -387,6 +412,13 @@ impl ModelArgs {
                     spinning: self.ort_spinning,
                     mem_pattern: self.ort_mem_pattern,
                     cpu_arena: self.ort_cpu_arena,
+                    gpu: GpuOptions {
+                        tf32: self.cuda_tf32,
+                        conv_search: self.cuda_conv_search,
+                        trt_fp16: self.trt_fp16,
+                        trt_cache_dir: Some(self.trt_cache_dir.clone()),
+                        max_batch: max_batch_size,
+                    },
                 },
             }),
             #[cfg(feature = "tract")]

@@ -152,6 +152,87 @@ pub struct SessionOptions {
     /// ONNX Runtime's CPU memory arena (grows to the peak and keeps it);
     /// MASKSERVE_ORT_CPU_ARENA, on by default.
     pub cpu_arena: bool,
+    pub gpu: GpuOptions,
+}
+
+/// How cuDNN chooses each convolution's algorithm (the CUDA provider's `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConvSearch {
+    /// Time every algorithm once per input shape and keep the fastest (ONNX Runtime's default).
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics, no timing: faster start on each new shape, maybe slower kernels.
+    Heuristic,
+    /// The default algorithm, no search.
+    Default,
+}
+
+/// CUDA and TensorRT settings; ignored on CPU.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// TF32 tensor-core math in the CUDA provider's convolutions and GEMMs.
+    pub tf32: bool,
+    pub conv_search: ConvSearch,
+    /// TensorRT builds fp16 engines (fp32 where a layer needs it).
+    pub trt_fp16: bool,
+    /// Where TensorRT caches its engines and timing data: must be writable (the model
+    /// directory is read-only on SageMaker).
+    pub trt_cache_dir: Option<PathBuf>,
+    /// The largest batch the engine forms: the top of graph (a)'s TensorRT profile.
+    pub max_batch: usize,
+}
+
+/// graph (a)'s TensorRT optimisation profile (`images:BxCxHxW` min, opt, max) from the sizes the
+/// batcher can form: one image of one stride up to `max_batch` images padded to the largest
+/// side, optimised for a full batch of images resized to `min_size` × `max_size`.
+pub fn trt_image_profile(
+    min_size: u32,
+    max_size: u32,
+    divisible: u32,
+    max_batch: usize,
+) -> [String; 3] {
+    let d = divisible.max(1);
+    let up = |v: u32| v.div_ceil(d) * d;
+    let b = max_batch.max(1);
+    [
+        format!("images:1x3x{d}x{d}"),
+        format!("images:{b}x3x{}x{}", up(min_size), up(max_size)),
+        format!("images:{b}x3x{}x{}", up(max_size), up(max_size)),
+    ]
+}
+
+fn cuda_ep(o: &GpuOptions) -> ep::CUDA {
+    use ep::cuda::ConvAlgorithmSearch;
+    use ep::ArenaExtendStrategy;
+    ep::CUDA::default()
+        .with_tf32(o.tf32)
+        .with_conv_algorithm_search(match o.conv_search {
+            ConvSearch::Exhaustive => ConvAlgorithmSearch::Exhaustive,
+            ConvSearch::Heuristic => ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Default => ConvAlgorithmSearch::Default,
+        })
+        // Image shapes vary: grow the arena by what is asked, not by doubling.
+        .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
+}
+
+fn tensorrt_ep(o: &GpuOptions, profile: Option<&[String; 3]>) -> ep::TensorRT {
+    let mut t = ep::TensorRT::default()
+        .with_fp16(o.trt_fp16)
+        .with_engine_cache(true)
+        .with_timing_cache(true);
+    if let Some(dir) = &o.trt_cache_dir {
+        let dir = dir.display().to_string();
+        t = t
+            .with_engine_cache_path(dir.clone())
+            .with_timing_cache_path(dir);
+    }
+    if let Some([min, opt, max]) = profile {
+        t = t
+            .with_profile_min_shapes(min)
+            .with_profile_opt_shapes(opt)
+            .with_profile_max_shapes(max);
+    }
+    t
 }
 
 /// Intra-op threads when none are configured: the CPUs this process may use (cgroup quota and
@@ -184,13 +265,14 @@ fn with_device(
     env: &Environment,
     device: Device,
     o: &SessionOptions,
+    trt_profile: Option<&[String; 3]>,
 ) -> Result<(SessionBuilder, Provider)> {
     let b = base_builder(env, o)?;
     match device {
         Device::Cpu => Ok((b, Provider::Cpu)),
         Device::Cuda => {
             let b = b
-                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .with_execution_providers([cuda_ep(&o.gpu).build().error_on_failure()])
                 .map_err(|e| {
                     anyhow!(
                         "--device cuda: the CUDA execution provider could not be registered: {}. {}",
@@ -201,10 +283,18 @@ fn with_device(
             Ok((b, Provider::Cuda))
         }
         Device::Tensorrt => {
+            if let Some(dir) = &o.gpu.trt_cache_dir {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!(
+                        "--trt-cache-dir {}: TensorRT needs a writable directory for its engines",
+                        dir.display()
+                    )
+                })?;
+            }
             let b = b
                 .with_execution_providers([
-                    ep::TensorRT::default().with_engine_cache(true).build().error_on_failure(),
-                    ep::CUDA::default().build().error_on_failure(),
+                    tensorrt_ep(&o.gpu, trt_profile).build().error_on_failure(),
+                    cuda_ep(&o.gpu).build().error_on_failure(),
                 ])
                 .map_err(|e| {
                     anyhow!(
@@ -223,7 +313,7 @@ fn with_device(
                 );
                 return Ok((b, Provider::Cpu));
             }
-            match b.with_execution_providers([ep::CUDA::default().build().error_on_failure()]) {
+            match b.with_execution_providers([cuda_ep(&o.gpu).build().error_on_failure()]) {
                 Ok(b) => Ok((b, Provider::Cuda)),
                 Err(e) => {
                     tracing::warn!(
@@ -244,8 +334,9 @@ pub fn build_session(
     graph: &Path,
     device: Device,
     o: &SessionOptions,
+    trt_profile: Option<&[String; 3]>,
 ) -> Result<(Session, Provider)> {
-    let (mut b, provider) = with_device(env, device, o)?;
+    let (mut b, provider) = with_device(env, device, o, trt_profile)?;
     if !o.cpu_arena {
         // Registered after the device's providers, so it only sets the CPU allocator.
         b = b
@@ -345,12 +436,22 @@ impl OrtBackend {
         let env = environment(cfg.lib.as_deref())?;
         let paths = manifest.graph_paths(dir, layout, cfg.roi_align)?;
         let mut device = cfg.device;
+        let pre = &manifest.preprocess;
+        let profile = trt_image_profile(
+            pre.min_size,
+            pre.max_size,
+            pre.size_divisible,
+            cfg.session.gpu.max_batch,
+        );
         let mut backends = Vec::with_capacity(count);
         for _ in 0..count {
             let mut sessions = Vec::with_capacity(paths.len());
             let mut provider = Provider::Cpu;
-            for g in &paths {
-                let (s, p) = build_session(&env, g, device, &cfg.session)?;
+            for (i, g) in paths.iter().enumerate() {
+                // Graph (a) is the one whose input is the image batch.
+                let graph_a = i == 0 && layout == Layout::Split;
+                let (s, p) =
+                    build_session(&env, g, device, &cfg.session, graph_a.then_some(&profile))?;
                 provider = p;
                 device = device_of(p);
                 sessions.push(s);
@@ -1108,4 +1209,18 @@ fn check_io(s: &Session, inputs: &[&str], outputs: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trt_profile_spans_what_the_batcher_forms() {
+        let [min, opt, max] = trt_image_profile(800, 1333, 32, 8);
+        assert_eq!(min, "images:1x3x32x32");
+        assert_eq!(opt, "images:8x3x800x1344");
+        assert_eq!(max, "images:8x3x1344x1344");
+        assert_eq!(trt_image_profile(256, 400, 32, 0)[2], "images:1x3x416x416");
+    }
 }
