@@ -56,6 +56,7 @@ def train(
     metrics_out: Path | None = None,
     min_sizes: tuple[int, ...] | None = None,
     max_size: int | None = None,
+    amp: bool = False,
 ) -> dict[str, float]:
     """Train for ``iterations`` steps; writes the checkpoint and returns val metrics (if any).
 
@@ -70,6 +71,9 @@ def train(
 
     ``min_sizes`` / ``max_size`` train at several scales (torchvision picks one short side per
     batch); evaluation and the checkpoint's model keep the architecture's own sizes.
+
+    ``amp`` runs the forward pass and the losses under ``torch.autocast`` (float16) with a
+    ``torch.amp.GradScaler``; CUDA only (a ValueError on the CPU).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -88,6 +92,8 @@ def train(
             device = torch.device("cuda", local)
     elif torch.cuda.is_available():
         device = torch.device("cuda")
+    if amp and device.type != "cuda":
+        raise ValueError("amp (float16 autocast + GradScaler) needs a CUDA device; this run is on the CPU")
 
     ds = CocoInstances(train_dir / "images", train_dir / "annotations.json")
     classes = ["__background__", *ds.class_names]
@@ -123,6 +129,8 @@ def train(
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    # Disabled (without amp) it passes the loss and the step through unchanged.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     if warmup is None:
         warmup = min(300, iterations // 10)
     it, epoch, start = 0, 0, time.time()
@@ -155,14 +163,17 @@ def train(
             targets = [
                 {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
             ]
-            losses = ddp_model(images, targets)
-            loss = sum(losses.values())
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                losses = ddp_model(images, targets)
+                loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at iteration {it}")
             opt.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             it += 1
             if rank == 0 and (it % log_every == 0 or it == 1):
                 now = time.time()
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         help="train at these short sides, one drawn per batch (e.g. 224,256,288,320)",
     )
     p.add_argument("--max-size", type=int, help="training's long-side cap (with --min-sizes)")
+    p.add_argument("--amp", action="store_true", help="float16 autocast + GradScaler (CUDA only)")
     p.add_argument("--failure-dir", type=Path, help="on failure, write rank<N>.txt saying why here")
     a = p.parse_args(argv)
     if "TORCHELASTIC_RUN_ID" in os.environ:
@@ -269,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics_out=a.metrics_out,
             min_sizes=a.min_sizes,
             max_size=a.max_size,
+            amp=a.amp,
         )
     except Exception as e:
         if a.failure_dir is not None:
