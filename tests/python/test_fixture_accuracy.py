@@ -19,9 +19,11 @@ sys.path.insert(0, str(REPO / "model-export"))
 
 from maskexport.shapes import write_dataset
 
-# Training used seeds 1 (train) and 2 (validation); this set is new to the model.
+# Training used seeds 1 (train) and 2 (validation); this set is new to the model. The fixture's
+# family (models/shapes/README.md): short sides 160-1000 px, shapes from 4 % of the short side.
 HELD_OUT_SEED = 4242
-MIN_SEGM_AP = 0.75
+MIN_SEGM_AP = 0.80
+MIN_SEGM_AP50 = 0.95
 
 
 def test_fixture_segm_ap_through_the_binary(tmp_path: Path) -> None:
@@ -65,3 +67,4 @@ def test_fixture_segm_ap_through_the_binary(tmp_path: Path) -> None:
         f"fixture segm AP {segm_ap:.3f} / AP50 {ev.stats[1]:.3f} on {len(images)} held-out images"
     )
     assert segm_ap >= MIN_SEGM_AP
+    assert ev.stats[1] >= MIN_SEGM_AP50
