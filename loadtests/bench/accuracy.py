@@ -47,9 +47,13 @@ def evaluate(
     run = subprocess.run(
         [str(binary), "predict", "--model", str(model), *paths], capture_output=True, text=True, check=True
     )
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(images), f"{len(lines)} results for {len(images)} images"
     results = []
-    for info, line in zip(images, run.stdout.splitlines(), strict=True):
-        for d in json.loads(line)["detections"]:
+    for info, line in zip(images, lines, strict=True):
+        result = json.loads(line)
+        assert (result["width"], result["height"]) == (info["width"], info["height"])
+        for d in result["detections"]:
             x1, y1, x2, y2 = d["box"]
             results.append(
                 {
@@ -65,6 +69,7 @@ def evaluate(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    assert results, "no detections at all"
     names = ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large"]
     return {f"segm_{n}": float(v) for n, v in zip(names, ev.stats[:6])}
 

@@ -85,14 +85,7 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, PredictError> 
     }
     let buf = ImageBuffer::<image::Rgb<u8>, _>::from_raw(header.width, header.height, data)
         .ok_or_else(|| PredictError::BadImage("decoded JPEG has the wrong size".into()))?;
-    let mut img = DynamicImage::ImageRgb8(buf);
-    img.apply_orientation(orientation);
-    let rgb = img.into_rgb8();
-    Ok(RgbImage {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
-    })
+    Ok(oriented_rgb(DynamicImage::ImageRgb8(buf), orientation))
 }
 
 /// The `image` crate's decoders (its JPEG decoder too: `maskserve debug-decode` compares).
@@ -124,19 +117,22 @@ pub fn decode_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<RgbImage
     );
     decoder.set_limits(limits).map_err(map_err)?;
     // A broken EXIF block should not reject an otherwise fine image.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let img = DynamicImage::from_decoder(decoder).map_err(map_err)?;
+    Ok(oriented_rgb(img, orientation))
+}
+
+/// `img` turned upright, as interleaved RGB.
+fn oriented_rgb(mut img: DynamicImage, orientation: Orientation) -> RgbImage {
     img.apply_orientation(orientation);
     // into_rgb8 drops alpha, replicates gray and scales 16-bit/float samples to 8 bits, and
     // takes an RGB image's buffer as it is (no second full-size copy).
     let rgb = img.into_rgb8();
-    Ok(RgbImage {
+    RgbImage {
         width: rgb.width() as usize,
         height: rgb.height() as usize,
         data: rgb.into_raw(),
-    })
+    }
 }
 
 fn map_err(e: image::ImageError) -> PredictError {
