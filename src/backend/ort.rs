@@ -667,11 +667,7 @@ impl Outputs {
 
     /// Shape and data of a float output in host memory.
     fn f32(&self, name: &str) -> Result<(Vec<usize>, &[f32]), BackendError> {
-        let (shape, data) = self
-            .get(name)?
-            .try_extract_tensor::<f32>()
-            .map_err(run_err(self.graph))?;
-        Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
+        f32_tensor(self.get(name)?, self.graph)
     }
 }
 
@@ -735,6 +731,14 @@ fn f32_output<'a>(
         graph,
         message: format!("no output {name}"),
     })?;
+    f32_tensor(v, graph)
+}
+
+/// Shape and data of a float tensor in host memory.
+fn f32_tensor<'a>(
+    v: &'a DynValue,
+    graph: &'static str,
+) -> Result<(Vec<usize>, &'a [f32]), BackendError> {
     let (shape, data) = v.try_extract_tensor::<f32>().map_err(run_err(graph))?;
     Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
 }
